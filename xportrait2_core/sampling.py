@@ -1,0 +1,149 @@
+"""The X-NeMo sampling loop (spec section 5.2), on plain tensors.
+
+Start from the source latent, blurred and noised to the first timestep; at every DDIM step walk
+the context windows over all frames, predict the noise of each window for both guidance branches
+in one denoiser call, average overlapping frames, apply guidance and take the DDIM step.
+Motion tokens and reference keys/values come in precomputed: nothing here re-runs the motion
+encoder or the reference UNet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from . import scheduler
+from .config import SchedulerConfig
+from .context import context_windows
+from .reference_attention import ReferenceKeysValues, ReferenceRead
+from .unet3d import DenoisingUNet3D
+
+BLUR_KERNEL = 9
+BLUR_SIGMA = 18.0
+
+# progress(done, total) is called after every denoiser call; returning False stops the run.
+ProgressFn = Callable[[int, int], Optional[bool]]
+
+
+class SamplingCancelled(RuntimeError):
+    """The progress callback asked the run to stop."""
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    steps: int = 35
+    guidance_scale: float = 2.5
+    context_frames: int = 24
+    context_overlap: int = 4
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Everything the denoiser attends to, computed once per run.
+
+    ``motion_tokens`` (F, 32, 16) of the driving frames; ``negative_motion_tokens`` (32, 16) of
+    the source face (the unconditional branch's motion); ``image_embeds`` (1, D) CLIP image
+    embedding of the source; ``reference`` keys/values of the source's reference pass."""
+
+    motion_tokens: torch.Tensor
+    negative_motion_tokens: torch.Tensor
+    image_embeds: torch.Tensor
+    reference: ReferenceKeysValues
+
+
+def gaussian_blur(images: torch.Tensor, kernel_size: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA) -> torch.Tensor:
+    """Depth-wise Gaussian blur of (N, C, H, W) with reflect padding (torchvision 0.17's kernel:
+    built in float32, cast to the images' dtype, outer product in that dtype)."""
+    half = (kernel_size - 1) * 0.5
+    x = torch.linspace(-half, half, steps=kernel_size)
+    pdf = torch.exp(-0.5 * (x / sigma).pow(2))
+    kernel_1d = (pdf / pdf.sum()).to(device=images.device, dtype=images.dtype)
+    kernel = torch.mm(kernel_1d[:, None], kernel_1d[None, :])
+    channels = images.shape[1]
+    padded = torch.nn.functional.pad(images, [kernel_size // 2] * 4, mode="reflect")
+    return torch.nn.functional.conv2d(padded, kernel.expand(channels, 1, kernel_size, kernel_size), groups=channels)
+
+
+def initial_latents(reference_latents: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """The blurred source latent (1, 4, h, w), repeated over the frames of ``noise`` (1, 4, F, h, w)
+    and noised to the first timestep (ā = ``alpha``)."""
+    blurred = gaussian_blur(reference_latents.to(noise.dtype))
+    return scheduler.add_noise(blurred.unsqueeze(2).expand_as(noise), noise, alpha)
+
+
+def predict_noise(
+    unet: DenoisingUNet3D,
+    latents: torch.Tensor,
+    timestep: int,
+    conditioning: Conditioning,
+    windows: Sequence[Sequence[int]],
+    guidance_scale: float,
+    progress: Callable[[], None],
+) -> torch.Tensor:
+    """Guided noise prediction (1, 4, F, h, w) for all frames, window by window."""
+    guided = guidance_scale > 1.0
+    rows = (False, True) if guided else (True,)
+    branches = len(rows)
+    image_context = conditioning.image_embeds.unsqueeze(1)
+    if guided:
+        image_context = torch.cat([torch.zeros_like(image_context), image_context])
+    reference = ReferenceRead(conditioning.reference, rows)
+    total = torch.zeros((branches, *latents.shape[1:]), device=latents.device, dtype=latents.dtype)
+    count = torch.zeros((1, 1, latents.shape[2], 1, 1), device=latents.device, dtype=latents.dtype)
+    for window in windows:
+        index = torch.tensor(window, device=latents.device)
+        window_latents = latents[:, :, index].repeat(branches, 1, 1, 1, 1)
+        motion = conditioning.motion_tokens[index].unsqueeze(0)
+        if guided:
+            negative = conditioning.negative_motion_tokens.expand_as(motion[0]).unsqueeze(0)
+            motion = torch.cat([negative, motion])
+        prediction = unet(window_latents, timestep, image_context, motion, reference)
+        total[:, :, index] += prediction
+        count[:, :, index] += 1
+        progress()
+    mean = total / count
+    if not guided:
+        return mean
+    uncond, cond = mean.chunk(2)
+    return uncond + guidance_scale * (cond - uncond)
+
+
+def sample_video(
+    unet: DenoisingUNet3D,
+    conditioning: Conditioning,
+    reference_latents: torch.Tensor,
+    noise: torch.Tensor,
+    offsets: Sequence[int],
+    settings: SamplingSettings = SamplingSettings(),
+    schedule: SchedulerConfig = SchedulerConfig(),
+    progress: Optional[ProgressFn] = None,
+) -> torch.Tensor:
+    """Denoise all frames: scaled source latent (1, 4, h, w), noise (1, 4, F, h, w) and one window
+    offset per step -> final latents (1, 4, F, h, w) (scaled, what the VAE decoder gets x 0.18215)."""
+    num_frames = noise.shape[2]
+    if conditioning.motion_tokens.shape[0] != num_frames:
+        raise ValueError(f"{conditioning.motion_tokens.shape[0]} motion frames for {num_frames} latent frames")
+    if len(offsets) != settings.steps:
+        raise ValueError(f"{len(offsets)} window offsets for {settings.steps} steps")
+    alphas = scheduler.alphas_cumprod(schedule)
+    timesteps = scheduler.ddim_timesteps(settings.steps, schedule).tolist()
+    step_windows = [
+        context_windows(num_frames, settings.context_frames, settings.context_overlap, offset) for offset in offsets
+    ]
+    total_calls = sum(len(w) for w in step_windows)
+    calls_done = 0
+
+    def tick() -> None:
+        nonlocal calls_done
+        calls_done += 1
+        if progress is not None and progress(calls_done, total_calls) is False:
+            raise SamplingCancelled(f"stopped after {calls_done} of {total_calls} denoiser calls")
+
+    latents = initial_latents(reference_latents, noise, alphas[timesteps[0]])
+    for timestep, windows in zip(timesteps, step_windows):
+        eps = predict_noise(unet, latents, timestep, conditioning, windows, settings.guidance_scale, tick)
+        alpha_prev = scheduler.previous_alpha(alphas, timestep, settings.steps, schedule)
+        latents = scheduler.ddim_step(latents, eps, alphas[timestep], alpha_prev)
+    return latents
