@@ -183,8 +183,9 @@ class UNetConfig:
         )
 
     @classmethod
-    def from_files(cls, unet_config_json: Path, inference_yaml: Optional[Path] = None) -> "UNetConfig":
-        unet_config = json.loads(Path(unet_config_json).read_text())
+    def from_files(cls, unet_config_json: Optional[Path], inference_yaml: Optional[Path] = None) -> "UNetConfig":
+        """Either file may be absent (None): the official values are used for it."""
+        unet_config = json.loads(Path(unet_config_json).read_text()) if unet_config_json else {}
         additional: dict[str, Any] = {}
         if inference_yaml is not None:
             additional = yaml.safe_load(Path(inference_yaml).read_text()).get("unet_additional_kwargs") or {}

@@ -65,3 +65,19 @@ class LayerFactory:
         # ComfyUI's ops namespaces have no BatchNorm; the motion encoder then uses torch's.
         cls = getattr(self.operations, "BatchNorm2d", nn.BatchNorm2d)
         return cls(num_features, **self._placed({}))
+
+
+class _NoInit:
+    """Mixin: leave parameters uninitialised (they are about to be overwritten by a checkpoint)."""
+
+    def reset_parameters(self) -> None:
+        return None
+
+
+skip_init_operations = SimpleNamespace(
+    Linear=type("Linear", (_NoInit, nn.Linear), {}),
+    Conv2d=type("Conv2d", (_NoInit, nn.Conv2d), {}),
+    GroupNorm=type("GroupNorm", (_NoInit, nn.GroupNorm), {}),
+    LayerNorm=type("LayerNorm", (_NoInit, nn.LayerNorm), {}),
+    BatchNorm2d=type("BatchNorm2d", (_NoInit, nn.BatchNorm2d), {}),
+)

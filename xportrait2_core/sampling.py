@@ -17,19 +17,14 @@ import torch
 from . import scheduler
 from .config import SchedulerConfig
 from .context import context_windows
+from .progress import ProgressFn, report
 from .reference_attention import ReferenceKeysValues, ReferenceRead
 from .unet3d import DenoisingUNet3D
 
 BLUR_KERNEL = 9
 BLUR_SIGMA = 18.0
 
-# progress(done, total) is called after every denoiser call; returning False stops the run.
-ProgressFn = Callable[[int, int], Optional[bool]]
-
-
-class SamplingCancelled(RuntimeError):
-    """The progress callback asked the run to stop."""
-
+StepCallback = Callable[[int, int, torch.Tensor], None]
 
 @dataclass(frozen=True)
 class SamplingSettings:
@@ -119,9 +114,13 @@ def sample_video(
     settings: SamplingSettings = SamplingSettings(),
     schedule: SchedulerConfig = SchedulerConfig(),
     progress: Optional[ProgressFn] = None,
+    on_step: Optional[StepCallback] = None,
 ) -> torch.Tensor:
     """Denoise all frames: scaled source latent (1, 4, h, w), noise (1, 4, F, h, w) and one window
-    offset per step -> final latents (1, 4, F, h, w) (scaled, what the VAE decoder gets x 0.18215)."""
+    offset per step -> final latents (1, 4, F, h, w) (scaled, what the VAE decoder gets x 0.18215).
+
+    ``progress("sampling", calls_done, total_calls)`` follows every denoiser call;
+    ``on_step(step_index, timestep, latents)`` every DDIM step (e.g. for previews)."""
     num_frames = noise.shape[2]
     if conditioning.motion_tokens.shape[0] != num_frames:
         raise ValueError(f"{conditioning.motion_tokens.shape[0]} motion frames for {num_frames} latent frames")
@@ -138,12 +137,13 @@ def sample_video(
     def tick() -> None:
         nonlocal calls_done
         calls_done += 1
-        if progress is not None and progress(calls_done, total_calls) is False:
-            raise SamplingCancelled(f"stopped after {calls_done} of {total_calls} denoiser calls")
+        report(progress, "sampling", calls_done, total_calls)
 
     latents = initial_latents(reference_latents, noise, alphas[timesteps[0]])
-    for timestep, windows in zip(timesteps, step_windows):
+    for step_index, (timestep, windows) in enumerate(zip(timesteps, step_windows)):
         eps = predict_noise(unet, latents, timestep, conditioning, windows, settings.guidance_scale, tick)
         alpha_prev = scheduler.previous_alpha(alphas, timestep, settings.steps, schedule)
         latents = scheduler.ddim_step(latents, eps, alphas[timestep], alpha_prev)
+        if on_step is not None:
+            on_step(step_index, timestep, latents)
     return latents

@@ -1,0 +1,185 @@
+"""The engine's Python API: one object that animates a source portrait with driving face crops.
+
+The CLIP image encoder and the VAE are injected callables, so that tests can use stand-ins and
+applications the real models (or ComfyUI's):
+
+* ``image_encoder(image)``: (1, 3, H, W) in [0, 1] -> (1, D) CLIP ``image_embeds``;
+* ``vae_encoder(image)``: (1, 3, H, W) in [-1, 1] -> (1, 4, H/8, W/8) posterior mean (unscaled);
+* ``vae_decoder(latents)``: (n, 4, h, w) unscaled latents of n consecutive frames -> (n, 3, H, W)
+  in [-1, 1] (the SVD temporal decoder treats the n frames as one clip).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .context import window_offsets
+from .models import XNemoModels, load_models
+from .motion_encoder import CROP_SIZE, neutral_boxes
+from .operations import LayerFactory
+from .progress import ProgressFn, report
+from .reference_attention import ReferenceKeysValues, reference_keys_values
+from .sampling import Conditioning, SamplingSettings, StepCallback, sample_video
+
+VAE_SCALING = 0.18215
+DECODE_CHUNK = 25  # frames per SVD-decoder call, as the official pipeline
+MOTION_BATCH = 16
+
+ImageEncoder = Callable[[torch.Tensor], torch.Tensor]
+VaeEncoder = Callable[[torch.Tensor], torch.Tensor]
+VaeDecoder = Callable[[torch.Tensor], torch.Tensor]
+
+
+def seeded_noise(seed: int, frames: int, height: int, width: int) -> torch.Tensor:
+    """Initial noise (1, 4, F, h, w), drawn on the CPU as (F, 4, h, w) from ``seed`` so that it
+    equals ComfyUI's noise for a LATENT batch of F frames with the same seed."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    noise = torch.randn((frames, 4, height, width), generator=generator)
+    return noise.permute(1, 0, 2, 3).unsqueeze(0)
+
+
+def seeded_offsets(seed: int, steps: int, context_frames: int) -> list[int]:
+    return window_offsets(torch.Generator("cpu").manual_seed(seed), steps, context_frames)
+
+
+class XPortrait2Pipeline:
+    def __init__(
+        self,
+        models: XNemoModels,
+        image_encoder: ImageEncoder,
+        vae_encoder: VaeEncoder,
+        vae_decoder: Optional[VaeDecoder] = None,
+    ):
+        self.models = models
+        self.image_encoder = image_encoder
+        self.vae_encoder = vae_encoder
+        self.vae_decoder = vae_decoder
+
+    @classmethod
+    def from_folder(
+        cls,
+        folder: Path,
+        image_encoder: ImageEncoder,
+        vae_encoder: VaeEncoder,
+        vae_decoder: Optional[VaeDecoder] = None,
+        device: torch.device | str = "cpu",
+        dtype: Optional[torch.dtype] = None,
+        layers: Optional[LayerFactory] = None,
+    ) -> "XPortrait2Pipeline":
+        """Load the four X-NeMo files from ``folder``; fp32 on the CPU, fp16 on CUDA by default."""
+        return cls(load_models(folder, device, dtype, layers), image_encoder, vae_encoder, vae_decoder)
+
+    @property
+    def device(self) -> torch.device:
+        return self.models.denoiser.conv_in.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.models.denoiser.conv_in.weight.dtype
+
+    @torch.no_grad()
+    def encode_motion(
+        self,
+        faces: torch.Tensor,
+        boxes: Optional[torch.Tensor] = None,
+        batch_size: int = MOTION_BATCH,
+        progress: Optional[ProgressFn] = None,
+    ) -> torch.Tensor:
+        """Face crops (N, 3, S, S) in [0, 1] -> motion tokens (N, 32, 16), once per frame.
+
+        ``boxes`` (N, 3) defaults to [0, 0, 1] per frame, as the official script uses."""
+        if faces.ndim != 4 or faces.shape[1] != 3:
+            raise ValueError(f"face crops must be (N, 3, H, W), got {tuple(faces.shape)}")
+        count = faces.shape[0]
+        boxes = neutral_boxes(count) if boxes is None else boxes
+        encoder = self.models.motion_encoder
+        tokens = []
+        for start in range(0, count, batch_size):
+            batch = faces[start : start + batch_size].to(self.device, self.dtype)
+            if batch.shape[-2:] != (CROP_SIZE, CROP_SIZE):
+                batch = F.interpolate(batch, size=(CROP_SIZE, CROP_SIZE), mode="bicubic", antialias=True).clamp(0, 1)
+            box = boxes[start : start + batch_size].to(self.device, self.dtype)
+            tokens.append(encoder(batch * 2 - 1, box))
+            report(progress, "motion", min(start + batch_size, count), count)
+        return torch.cat(tokens)
+
+    @torch.no_grad()
+    def encode_reference(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, ReferenceKeysValues]:
+        """Source image (3, H, W) in [0, 1] -> scaled latent (1, 4, h, w), CLIP embedding (1, D)
+        and the reference keys/values of the denoiser (one reference-UNet pass)."""
+        if source.ndim != 3 or source.shape[0] != 3:
+            raise ValueError(f"source image must be (3, H, W), got {tuple(source.shape)}")
+        if source.shape[1] % 8 or source.shape[2] % 8:
+            raise ValueError(f"source image size {tuple(source.shape[1:])} must be a multiple of 8")
+        image = source.unsqueeze(0).to(self.device)
+        latents = self.vae_encoder(image * 2 - 1).to(self.device, self.dtype) * VAE_SCALING
+        image_embeds = self.image_encoder(image).to(self.device, self.dtype)
+        banks = self.models.reference_unet(latents, image_embeds.unsqueeze(1))
+        return latents, image_embeds, reference_keys_values(banks, self.models.denoiser.transformer_blocks())
+
+    @torch.no_grad()
+    def sample(
+        self,
+        source: torch.Tensor,
+        source_face: torch.Tensor,
+        driving_faces: torch.Tensor,
+        seed: int = 0,
+        settings: SamplingSettings = SamplingSettings(),
+        offsets: Optional[Sequence[int]] = None,
+        noise: Optional[torch.Tensor] = None,
+        driving_boxes: Optional[torch.Tensor] = None,
+        progress: Optional[ProgressFn] = None,
+        on_step: Optional[StepCallback] = None,
+    ) -> torch.Tensor:
+        """Animate: final latents (1, 4, F, h, w), scaled (divide by 0.18215 to decode).
+
+        ``source`` (3, H, W) and ``source_face`` (3, S, S) in [0, 1]: the reference image and the
+        reference face crop (its motion is the negative of guidance); ``driving_faces``
+        (F, 3, S, S) in [0, 1]. Noise and window offsets come from ``seed`` unless given."""
+        latents, image_embeds, reference = self.encode_reference(source)
+        frames = driving_faces.shape[0]
+        if frames < 1:
+            raise ValueError("no driving frames")
+        motion = self.encode_motion(driving_faces, driving_boxes, progress=progress)
+        negative = self.encode_motion(source_face.unsqueeze(0))[0]
+        height, width = latents.shape[-2:]
+        if noise is None:
+            noise = seeded_noise(seed, frames, height, width)
+        if offsets is None:
+            offsets = seeded_offsets(seed, settings.steps, settings.context_frames)
+        conditioning = Conditioning(motion, negative, image_embeds, reference)
+        return sample_video(
+            self.models.denoiser,
+            conditioning,
+            latents,
+            noise.to(self.device, self.dtype),
+            offsets,
+            settings,
+            self.models.schedule,
+            progress,
+            on_step,
+        )
+
+    @torch.no_grad()
+    def decode(
+        self, latents: torch.Tensor, chunk_size: int = DECODE_CHUNK, progress: Optional[ProgressFn] = None
+    ) -> Iterator[torch.Tensor]:
+        """Scaled latents (1, 4, F, h, w) -> frames (n, 3, H, W) in [0, 1], ``chunk_size`` at a time."""
+        if self.vae_decoder is None:
+            raise RuntimeError("this pipeline has no VAE decoder")
+        frames = latents.shape[2]
+        for start in range(0, frames, chunk_size):
+            chunk = latents[0, :, start : start + chunk_size].transpose(0, 1) / VAE_SCALING
+            images = self.vae_decoder(chunk)
+            yield (images.float() / 2 + 0.5).clamp(0, 1)
+            report(progress, "decoding", min(start + chunk_size, frames), frames)
+
+    def animate(self, source: torch.Tensor, source_face: torch.Tensor, driving_faces: torch.Tensor, **kwargs) -> torch.Tensor:
+        """:meth:`sample` then :meth:`decode`: frames (F, 3, H, W) in [0, 1]."""
+        progress = kwargs.get("progress")
+        latents = self.sample(source, source_face, driving_faces, **kwargs)
+        return torch.cat(list(self.decode(latents, progress=progress)))
