@@ -31,3 +31,19 @@ def golden_weights(golden, tmp_path_factory):
 @pytest.fixture(scope="session")
 def golden_models(golden_weights):
     return load_models(golden_weights, device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_fixture() -> GoldenFixture:
+    """One golden fixture (the first found), for tests that need official-layout tiny weights."""
+    return GoldenFixture(fixture_dirs()[0])
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tiny_fixture, tmp_path_factory):
+    return tiny_fixture.materialise_weights(tmp_path_factory.mktemp("tiny-weights"))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_weights):
+    return load_models(tiny_weights, device="cpu", dtype=torch.float32)
