@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
-from tests.golden import GoldenFixture, fixture_dirs
+from tests.golden import PARITY_RESULTS, GoldenFixture, fixture_dirs
 from xportrait2_core.models import load_models
 
 torch.set_num_threads(2)
@@ -47,3 +49,24 @@ def tiny_weights(tiny_fixture, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_models(tiny_weights):
     return load_models(tiny_weights, device="cpu", dtype=torch.float32)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The parity table: per fixture and output (windows and steps folded), the worst errors."""
+    if not PARITY_RESULTS:
+        return
+    worst: dict[tuple[str, str], dict] = {}
+    for result in PARITY_RESULTS:
+        parts = result["name"].split(".")
+        name = ".".join(p for p in parts if not (p.isdigit() or re.fullmatch(r"(step|ctx)\d+", p)))
+        key = (result["fixture"], name)
+        entry = worst.setdefault(key, {"max_abs": 0.0, "relative_l2": 0.0, "count": 0})
+        entry["max_abs"] = max(entry["max_abs"], result["max_abs"])
+        entry["relative_l2"] = max(entry["relative_l2"], result["relative_l2"])
+        entry["count"] += 1
+    terminalreporter.section("parity with the official implementation (worst case per output)")
+    terminalreporter.line(f"{'fixture':16} {'output':28} {'tensors':>7} {'max abs':>10} {'rel. L2':>10}")
+    for (fixture, name), entry in worst.items():
+        terminalreporter.line(
+            f"{fixture:16} {name:28} {entry['count']:>7} {entry['max_abs']:>10.2e} {entry['relative_l2']:>10.2e}"
+        )

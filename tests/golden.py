@@ -18,6 +18,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 GOLDEN_ROOT = SHARED / "golden"
 
+# Every comparison made in this session, printed as the parity table at the end of the run.
+PARITY_RESULTS: list[dict] = []
+
 # ../shared/golden/README.md, "How to use them in a test": per float32 tensor on the CPU.
 FLOAT32_RELATIVE_L2 = 1e-4
 FLOAT32_MAX_ABS_SCALE = 1e-4
@@ -94,8 +97,10 @@ def compare(fixture: GoldenFixture, name: str, ours: torch.Tensor, reference: to
     max_abs = difference.abs().max().item()
     relative_l2 = (difference.norm() / reference.norm().clamp_min(1e-30)).item()
     allowed_relative, allowed_abs = fixture.tolerance(reference)
+    result = {"fixture": fixture.name, "name": name, "max_abs": max_abs, "relative_l2": relative_l2}
+    PARITY_RESULTS.append(result)
     assert relative_l2 <= allowed_relative and max_abs <= allowed_abs, (
         f"{fixture.name}/{name}: relative L2 {relative_l2:.3g} (allowed {allowed_relative:.3g}), "
         f"max abs {max_abs:.3g} (allowed {allowed_abs:.3g})"
     )
-    return {"name": name, "max_abs": max_abs, "relative_l2": relative_l2}
+    return result
