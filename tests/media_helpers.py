@@ -1,0 +1,71 @@
+"""Shared test media: the real files in ``../shared/media`` and small files made on the fly."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+SHARED_MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
+
+
+def media(name: str) -> Path:
+    """A file of the shared test media; a missing one fails the test (it is part of the checkout)."""
+    path = SHARED_MEDIA / name
+    assert path.is_file(), f"test media {name} missing: expected {path} (the shared folder beside the repo)"
+    return path
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, peak: float = 255.0) -> float:
+    mse = (a.double() - b.double()).pow(2).mean().item()
+    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
+
+
+def write_clip_with_audio(path: Path, frame_count: int, fps: Fraction, size=(64, 48), sample_rate=44100) -> None:
+    """A small H.264 + AAC mp4: moving grey bars and a 440 Hz tone as long as the video."""
+    width, height = size
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        audio = container.add_stream("aac", rate=sample_rate)
+        audio.layout = "mono"
+        for index in range(frame_count):
+            pixels = np.full((height, width, 3), 40, np.uint8)
+            pixels[:, (index * 3) % width :][:, :8] = 220
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts = index
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        seconds = float(frame_count / fps)
+        times = np.arange(int(sample_rate * seconds)) / sample_rate
+        tone = (0.3 * np.sin(2 * np.pi * 440 * times)).astype(np.float32)[None]
+        samples = av.AudioFrame.from_ndarray(tone, format="flt", layout="mono")
+        samples.sample_rate, samples.pts = sample_rate, 0
+        container.mux(audio.encode(samples))
+        container.mux(audio.encode())
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def write_png_16bit(path: Path, pixels: np.ndarray) -> None:
+    """A 16-bit PNG (grey for ``(H, W)``, RGB for ``(H, W, 3)`` uint16), written by hand because
+    Pillow cannot write 16-bit colour."""
+    colour_type = 0 if pixels.ndim == 2 else 2
+    height, width = pixels.shape[:2]
+    rows = pixels.astype(">u2").reshape(height, -1).tobytes()
+    stride = len(rows) // height
+    filtered = b"".join(b"\x00" + rows[y * stride : (y + 1) * stride] for y in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(filtered))
+        + _png_chunk(b"IEND", b"")
+    )

@@ -1,0 +1,266 @@
+"""Video reading and writing with PyAV, on the real driving videos and clips made here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from tests.media_helpers import media, psnr, write_clip_with_audio
+from xportrait2_core.images import MediaError
+from xportrait2_core.video_io import VideoWriter, exact_frame_rate, iter_frames, probe_video
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def first_frames() -> torch.Tensor:
+    """The first 12 frames of the 60-frame driving video, uint8 (12, 512, 512, 3)."""
+    return next(iter_frames(media("driving_60f.mp4"), chunk_size=12))
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir())
+
+
+@pytest.mark.parametrize(
+    "name, frames, fps",
+    [("driving_230f.mp4", 230, Fraction(25)), ("driving_60f.mp4", 60, Fraction(12000, 1001))],
+)
+def test_probe_real_driving_videos(name, frames, fps):
+    info = probe_video(media(name))
+    assert (info.frame_count, info.width, info.height, info.has_audio) == (frames, 512, 512, False)
+    assert info.fps == fps and isinstance(info.fps, Fraction)
+    assert info.duration == pytest.approx(frames / fps, abs=0.05)
+
+
+@pytest.mark.parametrize("name, frames", [("driving_230f.mp4", 230), ("driving_60f.mp4", 60)])
+def test_real_videos_stream_all_their_frames_in_chunks(name, frames):
+    sizes = []
+    for chunk in iter_frames(media(name), chunk_size=32):
+        assert chunk.dtype == torch.uint8 and chunk.shape[1:] == (512, 512, 3)
+        sizes.append(len(chunk))
+    assert sum(sizes) == frames
+    assert all(size == 32 for size in sizes[:-1]) and 0 < sizes[-1] <= 32
+
+
+def test_single_frames_and_max_frames():
+    frames = list(iter_frames(media("driving_230f.mp4"), max_frames=5))
+    assert len(frames) == 5 and frames[0].shape == (512, 512, 3)
+    assert not torch.equal(frames[0], frames[4]), "consecutive frames of a real video differ"
+    chunks = list(iter_frames(media("driving_230f.mp4"), max_frames=10, chunk_size=4))
+    assert [len(chunk) for chunk in chunks] == [4, 4, 2]
+    assert torch.equal(torch.cat(chunks)[:5], torch.stack(frames))
+
+
+@pytest.mark.parametrize("fps", [Fraction(25), Fraction(30000, 1001), Fraction(12000, 1001)])
+def test_round_trip_keeps_count_size_exact_rate_and_pixels(tmp_path, first_frames, fps):
+    path = tmp_path / "out.mp4"
+    with VideoWriter(path, fps=fps) as writer:
+        writer.write(first_frames[:5])  # a chunk
+        for frame in first_frames[5:]:  # and single frames
+            writer.write(frame)
+
+    info = probe_video(path)
+    assert (info.frame_count, info.width, info.height, info.has_audio) == (12, 512, 512, False)
+    assert info.fps == fps
+    read_back = torch.cat(list(iter_frames(path, chunk_size=8)))
+    assert read_back.shape == first_frames.shape
+    assert psnr(read_back, first_frames) > 40, "crf 12 is close to lossless"
+    assert leftovers(tmp_path) == ["out.mp4"]
+
+
+def test_float_frames_and_odd_size_are_padded_to_even(tmp_path, first_frames):
+    odd = first_frames[:6, :301, :333]
+    path = tmp_path / "odd.mp4"
+    with VideoWriter(path, fps=25) as writer:
+        writer.write(odd.float() / 255.0)
+    info = probe_video(path)
+    assert (info.width, info.height, info.frame_count) == (334, 302, 6)
+    read_back = torch.stack(list(iter_frames(path)))
+    assert psnr(read_back[:, :301, :333], odd) > 38
+    # the added row/column repeats the edge instead of adding a black line
+    assert (read_back[:, 301].float() - read_back[:, 300].float()).abs().mean() < 4
+
+
+def test_frame_rates_are_exact_fractions():
+    assert exact_frame_rate(Fraction(30000, 1001)) == Fraction(30000, 1001)
+    assert exact_frame_rate("30000/1001") == Fraction(30000, 1001)
+    assert exact_frame_rate(30000 / 1001) == Fraction(30000, 1001)
+    assert exact_frame_rate(25) == Fraction(25)
+    with pytest.raises(MediaError):
+        exact_frame_rate(0)
+
+
+def test_audio_is_copied_without_reencoding_and_trimmed(tmp_path, first_frames):
+    clip = tmp_path / "with_audio.mp4"
+    write_clip_with_audio(clip, frame_count=50, fps=Fraction(25))  # 2 s of video and tone
+    assert probe_video(clip).has_audio
+
+    path = tmp_path / "dubbed.mp4"
+    with VideoWriter(path, fps=Fraction(25), audio_from=clip) as writer:
+        writer.write(first_frames)  # 12 frames = 0.48 s
+
+    assert probe_video(path).has_audio
+    with av.open(str(clip)) as source, av.open(str(path)) as output:
+        source_audio, output_audio = source.streams.audio[0], output.streams.audio[0]
+        assert output_audio.codec_context.name == "aac"
+        assert output_audio.sample_rate == source_audio.sample_rate
+        copied = [bytes(p) for p in output.demux(output_audio) if p.size]
+        original = [bytes(p) for p in source.demux(source_audio) if p.size]
+    assert copied == original[: len(copied)], "packets are copied, not re-encoded"
+    audio_seconds = len(copied) * 1024 / 44100 - 1024 / 44100  # minus the AAC priming packet
+    assert 0.48 <= audio_seconds < 0.48 + 2 * 1024 / 44100, "trimmed to the video, within a packet"
+
+
+def test_audio_from_a_silent_video_writes_no_audio(tmp_path, first_frames):
+    path = tmp_path / "silent.mp4"
+    with VideoWriter(path, fps=25, audio_from=media("driving_60f.mp4")) as writer:
+        writer.write(first_frames[:3])
+    assert not probe_video(path).has_audio
+
+
+def test_abort_leaves_nothing(tmp_path, first_frames):
+    writer = VideoWriter(tmp_path / "out.mp4", fps=25)
+    writer.write(first_frames[:3])
+    writer.abort()
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_an_exception_while_writing_leaves_nothing(tmp_path, first_frames, error):
+    with pytest.raises(error), VideoWriter(tmp_path / "out.mp4", fps=25) as writer:
+        writer.write(first_frames[:3])
+        raise error("interrupted")
+    assert leftovers(tmp_path) == []
+
+
+def test_no_frames_means_no_file(tmp_path):
+    with pytest.raises(MediaError, match="no frames were written"), VideoWriter(tmp_path / "out.mp4", fps=25):
+        pass
+    assert leftovers(tmp_path) == []
+
+
+def test_frames_of_another_size_are_refused(tmp_path, first_frames):
+    with (
+        pytest.raises(MediaError, match="differs from the first frame"),
+        VideoWriter(tmp_path / "out.mp4", fps=25) as writer,
+    ):
+        writer.write(first_frames[:2])
+        writer.write(first_frames[:2, :256])
+    assert leftovers(tmp_path) == []
+
+
+def test_missing_output_folder(tmp_path):
+    with pytest.raises(MediaError, match="does not exist"):
+        VideoWriter(tmp_path / "no" / "out.mp4", fps=25)
+
+
+def test_full_disk_raises_media_error_and_removes_the_partial_file(tmp_path):
+    # A child process with a 50 kB file-size limit stands in for a full disk.
+    script = textwrap.dedent(
+        f"""
+        import resource, signal, sys, torch
+        sys.path.insert(0, {str(REPO_ROOT)!r})
+        from xportrait2_core.images import MediaError
+        from xportrait2_core.video_io import VideoWriter
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+        noise = torch.randint(0, 256, (40, 128, 128, 3), dtype=torch.uint8)
+        try:
+            with VideoWriter({str(tmp_path / "out.mp4")!r}, fps=25) as writer:
+                writer.write(noise)
+        except MediaError as error:
+            print("MediaError:", error)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert "MediaError: writing out.mp4 failed" in result.stdout, result.stdout + result.stderr
+    assert leftovers(tmp_path) == []
+
+
+def test_missing_video(tmp_path):
+    with pytest.raises(MediaError, match="video not found.*none.mp4"):
+        probe_video(tmp_path / "none.mp4")
+    with pytest.raises(MediaError, match="not found"):
+        iter_frames(tmp_path / "none.mp4")
+
+
+def test_empty_video_file(tmp_path):
+    path = tmp_path / "empty.mp4"
+    path.write_bytes(b"")
+    with pytest.raises(MediaError, match="empty.mp4 is empty"):
+        probe_video(path)
+
+
+def test_a_png_is_not_a_video():
+    with pytest.raises(MediaError, match="photo_ref.png is a still image, not a video"):
+        probe_video(media("photo_ref.png"))
+
+
+def test_text_is_not_a_video(tmp_path):
+    path = tmp_path / "notes.mp4"
+    path.write_text("not a video at all\n" * 50)
+    with pytest.raises(MediaError, match="notes.mp4 is not a readable video"):
+        probe_video(path)
+
+
+@pytest.mark.parametrize("name", ["driving_230f.mp4", "driving_60f.mp4"])
+@pytest.mark.parametrize("kept", [0.5, 0.002])
+def test_truncated_videos_raise_media_error(tmp_path, name, kept):
+    data = media(name).read_bytes()
+    path = tmp_path / f"cut_{name}"
+    path.write_bytes(data[: int(len(data) * kept)])
+    with pytest.raises(MediaError, match=f"cut_{name}"):
+        for _ in iter_frames(path, chunk_size=16):
+            pass
+
+
+def test_cut_mp4_is_caught_by_probe_before_decoding(tmp_path):
+    data = media("driving_60f.mp4").read_bytes()  # index at the front, so the cut file still opens
+    path = tmp_path / "download.mp4"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(MediaError, match="download.mp4 is truncated"):
+        probe_video(path)
+
+
+def test_damaged_data_in_the_middle_raises_while_decoding(tmp_path):
+    data = bytearray(media("driving_60f.mp4").read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 200_000] = bytes(200_000)
+    path = tmp_path / "damaged.mp4"
+    path.write_bytes(bytes(data))
+    frames = iter_frames(path, chunk_size=8)  # the start is fine
+    with pytest.raises(MediaError, match="damaged.mp4 is damaged: decoding failed after"):
+        for _ in frames:
+            pass
+
+
+def test_rotated_phone_video_is_read_upright(tmp_path):
+    # Coded as a landscape 64x32 picture whose left half is white, with a display matrix saying
+    # "turn 90 degrees clockwise", as phones record portrait video.
+    path = tmp_path / "phone.mp4"
+    pixels = np.zeros((32, 64, 3), np.uint8)
+    pixels[:, :32] = 255
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        stream.set_display_rotation(-90)
+        for index in range(3):
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+    info = probe_video(path)
+    frame = next(iter_frames(path))
+    assert (info.width, info.height) == (32, 64)
+    assert frame.shape == (64, 32, 3)
+    assert frame[:32].float().mean() > 250 and frame[32:].float().mean() < 5, "left edge turned to the top"
