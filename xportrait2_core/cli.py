@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
 from .checkpoint import OFFICIAL_FILES, CheckpointError, convert_to_safetensors, read_state_dict
+from .config import ConfigError
+from .images import MediaError
+from .progress import Cancelled
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "keep": None}
+WEIGHTS_ENV = "XPORTRAIT2_WEIGHTS"
+STAGE_NAMES = {
+    "detecting faces": "frames",
+    "encoding motion": "frames",
+    "sampling": "denoiser calls",
+    "decoding": "frames",
+}
 
 
 class UsageError(Exception):
@@ -53,6 +66,113 @@ def _check_round_trip(source: Path, target: Path, dtype: Optional[torch.dtype]) 
             raise CheckpointError(f"{target}: {key} did not survive the conversion; the file was removed")
 
 
+class ProgressBars:
+    """One tqdm bar per stage of the engine's progress callback."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self._bars: dict = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        bar = self._bars.get(stage)
+        if bar is None:
+            bar = self._bars[stage] = self._tqdm(total=total, desc=stage, unit=" " + STAGE_NAMES.get(stage, "steps"))
+        bar.total = total
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+
+
+def default_weights() -> Path:
+    return Path(os.environ.get(WEIGHTS_ENV, "pretrained_weights"))
+
+
+def animate(args: argparse.Namespace) -> int:
+    from .animate import AnimateRequest, animate_files
+    from .sampling import SamplingSettings
+
+    request = AnimateRequest(
+        source=Path(args.source),
+        driving=Path(args.driving),
+        output=Path(args.output),
+        weights=Path(args.weights),
+        seed=args.seed,
+        settings=SamplingSettings(args.steps, args.guidance, args.context_frames, args.context_overlap),
+        size=args.size,
+        max_frames=args.max_frames,
+        paste_back=not args.no_paste_back,
+        device=args.device,
+        dtype=None if args.dtype == "auto" else DTYPES[args.dtype],
+        face_detector=Path(args.face_detector) if args.face_detector else None,
+        allow_download=not args.offline,
+        overwrite=args.overwrite,
+    )
+    bars = ProgressBars()
+    try:
+        output = animate_files(request, progress=bars)
+    finally:
+        bars.close()
+    print(f"wrote {output}")
+    return 0
+
+
+def doctor(args: argparse.Namespace) -> int:
+    from . import faces
+    from .checkpoint import find_weight_file
+    from .standalone_models import CLIP_IMAGE_ENCODER, SVD_VAE, PretrainedModelMissing, locate
+
+    weights = Path(args.weights)
+    print(f"python {platform.python_version()} on {platform.platform()}")
+    for package in ("torch", "diffusers", "transformers", "kornia", "av", "safetensors", "huggingface_hub"):
+        try:
+            print(f"  {package:16} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            print(f"  {package:16} MISSING (pip install {package})")
+    if torch.cuda.is_available():
+        print(f"device: cuda ({torch.cuda.get_device_name(0)}), dtype fp16")
+    else:
+        print("device: cpu (no CUDA GPU visible), dtype fp32")
+    print(f"weights folder: {weights.resolve()}" + ("" if weights.is_dir() else "  (does not exist)"))
+    problems = 0
+    for name in OFFICIAL_FILES:
+        try:
+            found = find_weight_file(weights, name)
+            print(f"  ok       {found}  ({found.stat().st_size / 2**20:.1f} MiB)")
+        except CheckpointError as error:
+            problems += 1
+            print(f"  MISSING  {name}: {error}")
+    for part in (CLIP_IMAGE_ENCODER, SVD_VAE):
+        try:
+            print(f"  ok       {part.repo_id} {part.subfolder}: {locate(part, weights, allow_download=False)}")
+        except PretrainedModelMissing as error:
+            problems += 1
+            print(f"  MISSING  {error}")
+    try:
+        print(f"  ok       face detector: {faces.find_yunet_weights(None, [weights])}")
+    except CheckpointError as error:
+        problems += 1
+        print(f"  MISSING  {error}")
+    print("everything needed is in place" if not problems else f"{problems} item(s) missing")
+    return 0 if not problems else 1
+
+
+def tiny_weights(args: argparse.Namespace) -> int:
+    from .tiny_weights import write_tiny_weights
+
+    folder = Path(args.folder)
+    if folder.exists() and any(folder.iterdir()) and not args.overwrite:
+        raise UsageError(f"{folder} is not empty; pass --overwrite to write into it")
+    write_tiny_weights(folder, seed=args.seed)
+    print(f"wrote tiny RANDOM weights (for testing only, they animate nothing meaningful) to {folder}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xportrait2", description="X-Portrait 2 (X-NeMo) portrait animation")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +182,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="floating-point type to store (default fp16)")
     p.add_argument("--overwrite", action="store_true", help="replace existing .safetensors files")
     p.set_defaults(run=convert)
+
+    p = commands.add_parser("animate", help="animate a portrait with a driving video")
+    p.add_argument("source", help="portrait image (PNG/JPEG/WebP)")
+    p.add_argument("driving", help="driving video (its frame rate and audio are kept)")
+    p.add_argument("-o", "--output", required=True, help="output .mp4")
+    p.add_argument("--weights", default=str(default_weights()),
+                   help=f"weights folder (default: ${WEIGHTS_ENV} or ./pretrained_weights)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=35)
+    p.add_argument("--guidance", type=float, default=2.5)
+    p.add_argument("--context-frames", type=int, default=24)
+    p.add_argument("--context-overlap", type=int, default=4)
+    p.add_argument("--size", type=int, default=512, help="side of the generated square, multiple of 64 (official: 512)")
+    p.add_argument("--max-frames", type=int, help="animate at most this many driving frames")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--dtype", choices=["auto", "fp16", "bf16", "fp32"], default="auto",
+                   help="auto: fp16 on CUDA, fp32 on CPU")
+    p.add_argument("--no-paste-back", action="store_true", help="write the generated square crop, not the whole picture")
+    p.add_argument("--face-detector", help="YuNet weights file (default: yunet_final.pth in the weights folder or kornia's cache)")
+    p.add_argument("--offline", action="store_true", help="never download the CLIP/VAE models")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(run=animate)
+
+    p = commands.add_parser("doctor", help="show what is installed and which weights are found where")
+    p.add_argument("--weights", default=str(default_weights()), help="weights folder to inspect")
+    p.set_defaults(run=doctor)
+
+    p = commands.add_parser("tiny-weights", help="TESTING ONLY: write tiny random weights in the official layout")
+    p.add_argument("folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(run=tiny_weights)
     return parser
 
 
@@ -72,11 +224,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UsageError as error:
         print(f"xportrait2: {error}", file=sys.stderr)
         return 2
-    except CheckpointError as error:
+    except (CheckpointError, ConfigError, MediaError, FileNotFoundError, ValueError, Cancelled) as error:
         print(f"xportrait2: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("xportrait2: interrupted", file=sys.stderr)
+        print("xportrait2: interrupted; no output was written", file=sys.stderr)
         return 130
 
 

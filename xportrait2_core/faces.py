@@ -397,17 +397,21 @@ class SourcePortrait:
     face: FaceBox
     face_crop: torch.Tensor  # (3, 224, 224): negative motion input
     face_crop_box: CropBox
-    reference: torch.Tensor  # (3, 512, 512): reference UNet / VAE / CLIP input
+    reference: torch.Tensor  # (3, S, S), S = 512 officially: reference UNet / VAE / CLIP input
     reference_box: CropBox  # where ``reference`` (and the animation) sits in the source
 
 
 def prepare_source_portrait(
-    image: torch.Tensor, detector: FaceDetectorRunner, name: str = "the source image"
+    image: torch.Tensor,
+    detector: FaceDetectorRunner,
+    name: str = "the source image",
+    reference_size: int = REFERENCE_IMAGE_SIZE,
 ) -> SourcePortrait:
-    """Detect the face of a ``(3, H, W)`` source image and cut both crops."""
+    """Detect the face of a ``(3, H, W)`` source image and cut both crops (the reference image
+    at ``reference_size`` pixels square, 512 officially)."""
     face = detect_face(image, detector, name)
     face_crop, face_crop_box = reference_face_crop(image, face)
-    reference, reference_box = reference_image_crop(image, face)
+    reference, reference_box = reference_image_crop(image, face, reference_size)
     return SourcePortrait(face, face_crop, face_crop_box, reference, reference_box)
 
 

@@ -95,6 +95,8 @@ class XPortrait2Pipeline:
         if faces.ndim != 4 or faces.shape[1] != 3:
             raise ValueError(f"face crops must be (N, 3, H, W), got {tuple(faces.shape)}")
         count = faces.shape[0]
+        if count < 1:
+            raise ValueError("no driving frames: the face crops are empty")
         boxes = neutral_boxes(count) if boxes is None else boxes
         encoder = self.models.motion_encoder
         tokens = []
@@ -126,12 +128,13 @@ class XPortrait2Pipeline:
         self,
         source: torch.Tensor,
         source_face: torch.Tensor,
-        driving_faces: torch.Tensor,
+        driving_faces: Optional[torch.Tensor] = None,
         seed: int = 0,
         settings: SamplingSettings = SamplingSettings(),
         offsets: Optional[Sequence[int]] = None,
         noise: Optional[torch.Tensor] = None,
         driving_boxes: Optional[torch.Tensor] = None,
+        motion_tokens: Optional[torch.Tensor] = None,
         progress: Optional[ProgressFn] = None,
         on_step: Optional[StepCallback] = None,
     ) -> torch.Tensor:
@@ -139,12 +142,18 @@ class XPortrait2Pipeline:
 
         ``source`` (3, H, W) and ``source_face`` (3, S, S) in [0, 1]: the reference image and the
         reference face crop (its motion is the negative of guidance); ``driving_faces``
-        (F, 3, S, S) in [0, 1]. Noise and window offsets come from ``seed`` unless given."""
+        (F, 3, S, S) in [0, 1], or their ``motion_tokens`` (F, 32, 16) from :meth:`encode_motion`
+        (e.g. computed chunk by chunk while streaming a long video). Noise and window offsets come
+        from ``seed`` unless given."""
+        if (driving_faces is None) == (motion_tokens is None):
+            raise ValueError("give either driving_faces or motion_tokens")
         latents, image_embeds, reference = self.encode_reference(source)
-        frames = driving_faces.shape[0]
+        if motion_tokens is None:
+            motion_tokens = self.encode_motion(driving_faces, driving_boxes, progress=progress)
+        frames = motion_tokens.shape[0]
         if frames < 1:
             raise ValueError("no driving frames")
-        motion = self.encode_motion(driving_faces, driving_boxes, progress=progress)
+        motion = motion_tokens.to(self.device, self.dtype)
         negative = self.encode_motion(source_face.unsqueeze(0))[0]
         height, width = latents.shape[-2:]
         if noise is None:

@@ -1,0 +1,207 @@
+"""The ``xportrait2`` command line end to end, on real media and tiny random weights."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from tests.golden import REPO_ROOT
+from tests.media_helpers import media
+from xportrait2_core.cli import main as cli
+from xportrait2_core.images import load_image, save_image
+from xportrait2_core.video_io import iter_frames, probe_video
+
+FAST = ["--steps", "2", "--offline"]
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("cli-weights")
+    assert cli(["tiny-weights", str(folder)]) == 0
+    shutil.copyfile(media("yunet_final.pth"), folder / "yunet_final.pth")
+    return folder
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    """The command line in a subprocess: exit status and everything it printed."""
+    process = subprocess.run(
+        [sys.executable, "-m", "xportrait2_core.cli", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900
+    )
+    return process.returncode, process.stdout + process.stderr
+
+
+def clip_with_audio(source: Path, target: Path, frames: int) -> None:
+    """The first frames of a real driving video with a 440 Hz tone as its audio track."""
+    info = probe_video(source)
+    with av.open(str(target), "w") as container:
+        video = container.add_stream("libx264", rate=info.fps)
+        video.width, video.height, video.pix_fmt = info.width, info.height, "yuv420p"
+        audio = container.add_stream("aac", rate=44100)
+        audio.layout = "mono"
+        for index, pixels in enumerate(iter_frames(source, max_frames=frames)):
+            frame = av.VideoFrame.from_ndarray(pixels.numpy(), format="rgb24")
+            frame.pts = index
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        times = np.arange(int(44100 * frames / info.fps)) / 44100
+        samples = av.AudioFrame.from_ndarray((0.3 * np.sin(2 * np.pi * 440 * times)).astype(np.float32)[None],
+                                             format="flt", layout="mono")
+        samples.sample_rate, samples.pts = 44100, 0
+        container.mux(audio.encode(samples))
+        container.mux(audio.encode())
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_animate_whole_picture_at_the_driving_frame_rate(weights, tmp_path):
+    out = tmp_path / "photo.mp4"
+    code, printed = run_cli("animate", str(media("photo_ref.png")), str(media("driving_60f.mp4")), "-o", str(out),
+                            "--weights", str(weights), "--size", "256", *FAST)
+    assert code == 0, printed
+    for stage in ("detecting faces", "encoding motion", "sampling", "decoding"):
+        assert stage in printed  # a progress bar per stage
+    info, driving = probe_video(out), probe_video(media("driving_60f.mp4"))
+    source = load_image(media("photo_ref.png"))
+    assert info.frame_count == 60 == sum(1 for _ in iter_frames(out))
+    assert info.fps == driving.fps == Fraction(12000, 1001)
+    assert (info.height, info.width) == tuple(source.shape[1:])
+    assert not info.has_audio
+    assert leftovers(tmp_path) == ["photo.mp4"]
+
+
+def test_animate_crop_only_keeps_audio(weights, tmp_path):
+    driving = tmp_path / "with_audio.mp4"
+    clip_with_audio(media("driving_230f.mp4"), driving, frames=10)
+    out = tmp_path / "crop.mp4"
+    assert cli(["animate", str(media("cartoon_ref.png")), str(driving), "-o", str(out), "--weights", str(weights),
+                "--no-paste-back", "--context-frames", "6", "--context-overlap", "2", *FAST]) == 0
+    info = probe_video(out)
+    assert (info.frame_count, info.width, info.height) == (10, 512, 512)
+    assert info.fps == probe_video(driving).fps == Fraction(25)
+    assert info.has_audio
+    with av.open(str(out)) as container:
+        assert container.streams.audio[0].codec_context.name == "aac"
+
+
+def test_same_seed_same_video(weights, tmp_path):
+    def frames(seed: str, name: str) -> list[np.ndarray]:
+        out = tmp_path / name
+        assert cli(["animate", str(media("photo_ref.png")), str(media("driving_60f.mp4")), "-o", str(out),
+                    "--weights", str(weights), "--size", "128", "--max-frames", "4", "--no-paste-back",
+                    "--seed", seed, *FAST]) == 0
+        return [f.numpy() for f in iter_frames(out)]
+
+    first, again, other = frames("3", "a.mp4"), frames("3", "b.mp4"), frames("4", "c.mp4")
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert any(not np.array_equal(a, c) for a, c in zip(first, other))
+
+
+def test_ctrl_c_leaves_no_file(weights, tmp_path):
+    out = tmp_path / "interrupted.mp4"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "xportrait2_core.cli", "animate", str(media("photo_ref.png")),
+         str(media("driving_60f.mp4")), "-o", str(out), "--weights", str(weights), "--size", "128",
+         "--max-frames", "8", "--steps", "30", "--offline"],
+        cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True,
+    )
+    seen = ""
+    deadline = time.monotonic() + 600
+    while "sampling" not in seen and time.monotonic() < deadline:
+        seen += process.stderr.read(1)
+    process.send_signal(signal.SIGINT)
+    rest = process.communicate(timeout=120)[1]
+    assert process.returncode == 130, seen + rest
+    assert "interrupted" in rest and "Traceback" not in rest
+    assert leftovers(tmp_path) == []
+
+
+def _flat_video(path: Path, frames: int) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 128, 128, "yuv420p"
+        for index in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((128, 128, 3), 90, np.uint8), format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+def _one_frame_of(source: Path, path: Path) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 512, 512, "yuv420p"
+        frame = av.VideoFrame.from_ndarray(next(iter_frames(source)).numpy(), format="rgb24")
+        frame.pts = 0
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+def _bad_inputs(tmp_path: Path, weights: Path) -> dict[str, tuple[list[str], str]]:
+    photo, driving = str(media("photo_ref.png")), str(media("driving_60f.mp4"))
+    blank = tmp_path / "blank.png"
+    save_image(torch.full((3, 256, 256), 0.5), blank)
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    data = media("driving_60f.mp4").read_bytes()
+    (tmp_path / "corrupt.mp4").write_bytes(data[: len(data) // 3])
+    _one_frame_of(media("driving_60f.mp4"), tmp_path / "one_frame.mp4")
+    _flat_video(tmp_path / "no_face.mp4", 8)
+    (tmp_path / "existing.mp4").write_bytes(b"keep me")
+    empty_weights = tmp_path / "no_weights"
+    empty_weights.mkdir()
+    out = str(tmp_path / "out.mp4")
+    return {
+        "no face in the source": ([str(blank), driving, "-o", out], "no face found"),
+        "source is a video": ([driving, driving, "-o", out], "is a video"),
+        "empty video": ([photo, str(tmp_path / "empty.mp4"), "-o", out], "empty"),
+        "corrupt video": ([photo, str(tmp_path / "corrupt.mp4"), "-o", out], "corrupt.mp4"),
+        "1-frame video": ([photo, str(tmp_path / "one_frame.mp4"), "-o", out], "at least 2"),
+        "driving video without a face": ([photo, str(tmp_path / "no_face.mp4"), "-o", out], "no face found"),
+        "output folder missing": ([photo, driving, "-o", str(tmp_path / "nowhere" / "out.mp4")], "does not exist"),
+        "output exists": ([photo, driving, "-o", str(tmp_path / "existing.mp4")], "--overwrite"),
+        "missing weights": ([photo, driving, "-o", out, "--weights", str(empty_weights)], "not found"),
+    }
+
+
+def test_bad_input_gives_one_clear_message_and_no_output(weights, tmp_path, capsys):
+    cases = _bad_inputs(tmp_path, weights)
+    before = leftovers(tmp_path)
+    for case, (args, expected) in cases.items():
+        if "--weights" not in args:
+            args = [*args, "--weights", str(weights)]
+        code = cli(["animate", *args, "--max-frames", "4", "--size", "128", *FAST])
+        err = capsys.readouterr().err
+        assert code != 0, case
+        assert expected in err, f"{case}: {err}"
+        assert "Traceback" not in err, case
+        assert leftovers(tmp_path) == before, case
+    assert (tmp_path / "existing.mp4").read_bytes() == b"keep me"
+
+
+def test_doctor_reports_found_and_missing(weights, tmp_path, capsys):
+    assert cli(["doctor", "--weights", str(weights)]) == 0
+    found = capsys.readouterr().out
+    assert "everything needed is in place" in found
+    assert found.count("ok ") == 7
+    os.environ.pop("XPORTRAIT2_WEIGHTS", None)
+    assert cli(["doctor", "--weights", str(tmp_path)]) == 1
+    missing = capsys.readouterr().out
+    assert "MISSING" in missing and "x-nemo-inference" in missing and "yunet_final.pth" in missing
+
+
+def test_tiny_weights_refuses_a_non_empty_folder(tmp_path, capsys):
+    (tmp_path / "something").write_text("x")
+    assert cli(["tiny-weights", str(tmp_path)]) == 2
+    assert "--overwrite" in capsys.readouterr().err

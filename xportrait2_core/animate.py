@@ -1,0 +1,114 @@
+"""From a portrait file and a driving video file to a finished MP4 (what ``xportrait2 animate`` runs).
+
+Streams everywhere: the driving video is read twice in chunks (face track, then crops that are
+turned into motion tokens right away), only tokens and latents are kept for the whole video, and
+decoded frames are pasted back and written chunk by chunk. The output file appears only when
+it is complete.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from . import faces
+from .images import MediaError, load_image
+from .models import default_dtype
+from .pipeline import XPortrait2Pipeline
+from .progress import ProgressFn, report
+from .sampling import SamplingSettings
+from .standalone_models import load_clip_image_encoder, load_temporal_vae
+from .video_io import VideoWriter, iter_frames, probe_video
+
+READ_CHUNK = 16
+
+
+@dataclass(frozen=True)
+class AnimateRequest:
+    source: Path
+    driving: Path
+    output: Path
+    weights: Path
+    seed: int = 0
+    settings: SamplingSettings = field(default_factory=SamplingSettings)
+    size: int = faces.REFERENCE_IMAGE_SIZE
+    max_frames: Optional[int] = None
+    paste_back: bool = True
+    device: Optional[str] = None
+    dtype: Optional[torch.dtype] = None
+    face_detector: Optional[Path] = None
+    allow_download: bool = True
+    overwrite: bool = False
+
+
+def check_request(request: AnimateRequest) -> None:
+    """Refuse what can be refused before any model is loaded."""
+    if request.output.exists() and not request.overwrite:
+        raise MediaError(f"{request.output} already exists; pass --overwrite to replace it")
+    if not request.output.parent.is_dir():
+        raise MediaError(f"cannot write {request.output}: folder {request.output.parent} does not exist")
+    if request.size % 64 or request.size < 64:
+        raise MediaError(f"--size must be a multiple of 64, got {request.size}")
+    if request.max_frames is not None and request.max_frames < 2:
+        raise MediaError("--max-frames must be at least 2")
+
+
+def pick_device(requested: Optional[str]) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_pipeline(request: AnimateRequest, device: torch.device, dtype: torch.dtype) -> XPortrait2Pipeline:
+    clip = load_clip_image_encoder(request.weights, device, dtype, request.allow_download)
+    vae = load_temporal_vae(request.weights, device, dtype, request.allow_download)
+    return XPortrait2Pipeline.from_folder(request.weights, clip, vae.encode, vae.decode, device=device, dtype=dtype)
+
+
+def animate_files(request: AnimateRequest, progress: Optional[ProgressFn] = None) -> Path:
+    check_request(request)
+    info = probe_video(request.driving)
+    frame_limit = request.max_frames if request.max_frames is not None else info.frame_count
+    if min(frame_limit, info.frame_count) < 2:
+        raise MediaError(f"{request.driving.name} has {info.frame_count} frame(s): a driving video needs at least 2")
+    image = load_image(request.source)
+    device = pick_device(request.device)
+    dtype = request.dtype or default_dtype(device)
+    detector = faces.FaceDetectorRunner.from_weights(
+        faces.find_yunet_weights(request.face_detector, [request.weights]), device=device
+    )
+    portrait = faces.prepare_source_portrait(image, detector, request.source.name, request.size)
+
+    def frames():
+        return iter_frames(request.driving, max_frames=request.max_frames, chunk_size=READ_CHUNK)
+
+    track = faces.track_face(_counted(frames(), "detecting faces", frame_limit, progress), detector, request.driving.name)
+    plan = faces.plan_driving_crops(track)
+    pipeline = load_pipeline(request, device, dtype)
+    tokens = [pipeline.encode_motion(crops) for crops in _counted(faces.crop_driving_frames(frames(), plan),
+                                                                  "encoding motion", track.frame_count, progress)]
+    latents = pipeline.sample(
+        portrait.reference,
+        portrait.face_crop,
+        motion_tokens=torch.cat(tokens),
+        seed=request.seed,
+        settings=request.settings,
+        progress=progress,
+    )
+    with VideoWriter(request.output, info.fps, audio_from=request.driving) as writer:
+        for chunk in pipeline.decode(latents, progress=progress):
+            if request.paste_back:
+                chunk = faces.paste_back(image, chunk.to(image.device), portrait.reference_box)
+            writer.write(chunk.permute(0, 2, 3, 1).cpu())
+    return request.output
+
+
+def _counted(chunks, stage: str, total: int, progress: Optional[ProgressFn]):
+    done = 0
+    for chunk in chunks:
+        yield chunk
+        done += len(chunk)
+        report(progress, stage, done, total)
