@@ -2,7 +2,33 @@
 
 from comfy_api.latest import ComfyExtension, io
 
+from . import comfy_adapter
+from .decode import XPortrait2LoadTemporalVAE, XPortrait2TemporalDecode
+from .driving_face import XPortrait2DrivingFaceTrack
+from .loader import XPortrait2Loader
+from .motion_encode import XPortrait2MotionEncode
+from .motion_latents import XPortrait2MotionLatents
+from .paste_back import XPortrait2PasteBack
+from .reference import XPortrait2ReferenceAppearance
+from .sampler import XPortrait2Sampler, XPortrait2SamplerAdvanced, XPortrait2Scheduler
+from .source_face import XPortrait2SourceFaceCrop
+
+comfy_adapter.register_model_folder()
+
 
 class XPortrait2Extension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return []
+        return [
+            XPortrait2Loader,
+            XPortrait2SourceFaceCrop,
+            XPortrait2DrivingFaceTrack,
+            XPortrait2MotionEncode,
+            XPortrait2MotionLatents,
+            XPortrait2ReferenceAppearance,
+            XPortrait2Sampler,
+            XPortrait2SamplerAdvanced,
+            XPortrait2Scheduler,
+            XPortrait2LoadTemporalVAE,
+            XPortrait2TemporalDecode,
+            XPortrait2PasteBack,
+        ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import sys
@@ -219,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    package_logger = logging.getLogger("xportrait2_core")
+    if not package_logger.handlers:
+        package_logger.addHandler(logging.StreamHandler())
+        package_logger.setLevel(logging.INFO)
     try:
         return args.run(args)
     except UsageError as error:

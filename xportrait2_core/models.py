@@ -9,6 +9,7 @@ UNet weights (only needed if the denoiser file lacks base keys).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -22,6 +23,8 @@ from .motion_encoder import MotionEncoder
 from .operations import LayerFactory, skip_init_operations
 from .reference_unet import ReferenceUNet
 from .unet3d import DenoisingUNet3D
+
+logger = logging.getLogger(__name__)
 
 BASE_UNET_DIR = Path("sd-image-variations-diffusers") / "unet"
 INFERENCE_YAML = "inference_xnemo_stage2.yaml"
@@ -107,6 +110,8 @@ def load_models(
     ]
     for network in (motion_encoder, reference_unet, denoiser):
         network.requires_grad_(False)
+    for report in reports:
+        logger.info("loaded %s", report.summary())
     return XNemoModels(motion_encoder, reference_unet, denoiser, config, files.scheduler_config(), reports)
 
 

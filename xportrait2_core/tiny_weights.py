@@ -48,14 +48,17 @@ TINY_UNET_CONFIG = {
 }
 
 
-def write_tiny_weights(folder: Path, seed: int = 0) -> Path:
-    """Write every weight file the command line needs (see the module docstring); returns ``folder``."""
+def write_tiny_weights(folder: Path, seed: int = 0, image_embed_dim: int = TINY_EMBED_DIM) -> Path:
+    """Write every weight file the command line needs (see the module docstring); returns ``folder``.
+
+    ``image_embed_dim`` is the UNets' CLIP context width (768 to pair them with a real-size CLIP)."""
     folder = Path(folder)
     torch.manual_seed(seed)
-    config = UNetConfig.from_dicts(TINY_UNET_CONFIG, {})
+    unet_config = {**TINY_UNET_CONFIG, "cross_attention_dim": image_embed_dim}
+    config = UNetConfig.from_dicts(unet_config, {})
     unet_folder = folder / BASE_UNET_DIR
     unet_folder.mkdir(parents=True, exist_ok=True)
-    (unet_folder / "config.json").write_text(json.dumps(TINY_UNET_CONFIG, indent=2))
+    (unet_folder / "config.json").write_text(json.dumps(unet_config, indent=2))
 
     denoiser = DenoisingUNet3D(config).state_dict()
     temporal = {k: v for k, v in denoiser.items() if ".temporal_modules." in k}
@@ -63,17 +66,17 @@ def write_tiny_weights(folder: Path, seed: int = 0) -> Path:
     torch.save(temporal, folder / f"{checkpoint.TEMPORAL}.pth")
     torch.save(ReferenceUNet(config).state_dict(), folder / f"{checkpoint.REFERENCE}.pth")
     torch.save(MotionEncoder().eval().state_dict(), folder / f"{checkpoint.MOTION_ENCODER}.pth")
-    _write_tiny_clip(CLIP_IMAGE_ENCODER.local_folder(folder))
+    _write_tiny_clip(CLIP_IMAGE_ENCODER.local_folder(folder), image_embed_dim)
     _write_tiny_vae(SVD_VAE.local_folder(folder))
     return folder
 
 
-def _write_tiny_clip(target: Path) -> None:
+def _write_tiny_clip(target: Path, projection_dim: int) -> None:
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     config = CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        image_size=224, patch_size=14, projection_dim=TINY_EMBED_DIM, hidden_act="quick_gelu",
+        image_size=224, patch_size=14, projection_dim=projection_dim, hidden_act="quick_gelu",
     )
     CLIPVisionModelWithProjection(config).save_pretrained(str(target))
 

@@ -1,0 +1,338 @@
+"""Every touch point of the pack with ComfyUI internals outside ``comfy_api``.
+
+``comfy.model_patcher``, ``comfy.model_management``, ``comfy.samplers``, ``comfy.utils``,
+``folder_paths`` and ``latent_preview`` are not versioned APIs and move between ComfyUI releases;
+keeping them in this one module makes an upgrade a one-file change. The node modules import
+only ``comfy_api`` and this adapter; the engine (``xportrait2_core``) imports neither.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable, Optional
+
+import comfy.latent_formats
+import comfy.model_management as model_management
+import comfy.model_patcher
+import comfy.model_sampling
+import comfy.ops
+import comfy.samplers
+import comfy.sd
+import comfy.utils
+import folder_paths
+import latent_preview
+import torch
+from comfy.ldm.modules.attention import optimized_attention
+
+from ..xportrait2_core import checkpoint
+from ..xportrait2_core.context import context_windows, window_offsets
+from ..xportrait2_core.faces import FaceDetectorRunner, find_yunet_weights
+from ..xportrait2_core.models import XNemoModels, load_models
+from ..xportrait2_core.operations import LayerFactory
+from ..xportrait2_core.pipeline import seeded_noise
+from ..xportrait2_core.sampling import Conditioning, gaussian_blur, predict_noise
+from ..xportrait2_core.scheduler import ddim_timesteps
+from ..xportrait2_core.svd_vae_keys import diffusers_to_sgm, is_diffusers_temporal_vae
+
+MODEL_FOLDER = "xportrait2"
+OFFICIAL_SCHEDULER = "xnemo_ddim"
+DEFAULT_SAMPLER = "ddim"
+
+
+def register_model_folder() -> None:
+    # add_model_folder_path appends: paths from --extra-model-paths-config (applied before packs
+    # are imported) are kept.
+    folder_paths.add_model_folder_path(MODEL_FOLDER, os.path.join(folder_paths.models_dir, MODEL_FOLDER))
+
+
+def model_folders() -> list[str]:
+    return folder_paths.get_folder_paths(MODEL_FOLDER)
+
+
+def denoiser_file_choices() -> list[str]:
+    """The denoising-UNet files under models/xportrait2 (the other three files sit beside them)."""
+    names = folder_paths.get_filename_list(MODEL_FOLDER)
+    return sorted(n for n in names if Path(n).stem == checkpoint.DENOISER and Path(n).suffix in checkpoint.EXTENSIONS)
+
+
+def weights_folder(denoiser_file: str) -> Path:
+    return Path(folder_paths.get_full_path_or_raise(MODEL_FOLDER, denoiser_file)).parent
+
+
+def vae_file_choices() -> list[str]:
+    return folder_paths.get_filename_list("vae")
+
+
+def compute_device() -> torch.device:
+    return model_management.get_torch_device()
+
+
+def output_device() -> torch.device:
+    """Where node outputs live (the CPU unless ComfyUI runs with --gpu-only)."""
+    return model_management.intermediate_device()
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------
+
+
+class _XNemoSampling(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.EPS):
+    """epsilon prediction on the discrete 1000-step schedule."""
+
+
+def model_sampling_for(models: XNemoModels) -> _XNemoSampling:
+    # ComfyUI's "linear" is diffusers' "scaled_linear" (linspace in sqrt space), the official
+    # schedule, whose beta_end is 0.02 rather than SD's usual 0.012.
+    schedule = models.schedule
+    settings = {
+        "beta_schedule": "linear",
+        "linear_start": schedule.beta_start,
+        "linear_end": schedule.beta_end,
+        "timesteps": schedule.num_train_timesteps,
+    }
+    return _XNemoSampling(SimpleNamespace(sampling_settings=settings))
+
+
+class DenoiserModel(torch.nn.Module):
+    """The denoising UNet as ComfyUI's samplers and previewers look for it: the network plus
+    ``model_sampling`` and ``latent_format`` (what ComfyUI's own models carry)."""
+
+    def __init__(self, unet: torch.nn.Module, model_sampling: _XNemoSampling):
+        super().__init__()
+        self.diffusion_model = unet
+        self.model_sampling = model_sampling
+        self.latent_format = comfy.latent_formats.SD15()
+
+
+@dataclass
+class XNemoBundle:
+    """The three X-NeMo networks, each under a ModelPatcher so ComfyUI decides where it lives."""
+
+    models: XNemoModels
+    motion_encoder: comfy.model_patcher.ModelPatcher
+    reference_unet: comfy.model_patcher.ModelPatcher
+    denoiser: comfy.model_patcher.ModelPatcher
+
+    @property
+    def model_sampling(self) -> _XNemoSampling:
+        return self.denoiser.model.model_sampling
+
+    @property
+    def latent_format(self):
+        return self.denoiser.model.latent_format
+
+
+def _patcher(network: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
+    return comfy.model_patcher.ModelPatcher(
+        network, load_device=model_management.get_torch_device(), offload_device=model_management.unet_offload_device()
+    )
+
+
+def weight_dtype(choice: str) -> torch.dtype:
+    fixed = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if choice in fixed:
+        return fixed[choice]
+    # fp16 where ComfyUI would run a UNet in fp16 (the official precision), fp32 elsewhere.
+    return model_management.unet_dtype(supported_dtypes=[torch.float16, torch.float32])
+
+
+def load_xnemo(denoiser_file: str, dtype_choice: str) -> XNemoBundle:
+    """Build the networks on the offload device with ComfyUI's layer classes and attention."""
+    layers = LayerFactory(comfy.ops.disable_weight_init, optimized_attention)
+    models = load_models(
+        weights_folder(denoiser_file), model_management.unet_offload_device(), weight_dtype(dtype_choice), layers
+    )
+    denoiser = DenoiserModel(models.denoiser, model_sampling_for(models))
+    return XNemoBundle(models, _patcher(models.motion_encoder), _patcher(models.reference_unet), _patcher(denoiser))
+
+
+def make_resident(*patchers: comfy.model_patcher.ModelPatcher) -> None:
+    """Let ComfyUI's model management load these networks (and offload others as it sees fit)."""
+    model_management.load_models_gpu(list(patchers))
+
+
+def face_detector() -> FaceDetectorRunner:
+    weights = find_yunet_weights(model_dirs=model_folders())
+    return FaceDetectorRunner.from_weights(weights, device=model_management.get_torch_device())
+
+
+# ---------------------------------------------------------------------------------------------
+# CLIP vision and VAE (standard ComfyUI objects)
+# ---------------------------------------------------------------------------------------------
+
+
+def clip_image_embeds(clip_vision, image: torch.Tensor) -> torch.Tensor:
+    """IMAGE (1, H, W, 3) -> projected CLS embedding (1, D), as core CLIP Vision Encode computes it."""
+    return clip_vision.encode_image(image, crop=True)["image_embeds"]
+
+
+def vae_encode(vae, image: torch.Tensor) -> torch.Tensor:
+    """IMAGE (B, H, W, 3) -> unscaled latent posterior mean (B, 4, h, w)."""
+    return vae.encode(image[..., :3])
+
+
+def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Unscaled latents (n, 4, h, w) of one clip -> IMAGE (n, H, W, 3)."""
+    return vae.decode(latents)
+
+
+def load_vae(vae_file: str):
+    """A VAE file from models/vae as ComfyUI's VAE; the SVD temporal VAE in diffusers layout is
+    renamed to the layout ComfyUI recognises (spec section 8)."""
+    path = folder_paths.get_full_path_or_raise("vae", vae_file)
+    state, metadata = comfy.utils.load_torch_file(path, return_metadata=True)
+    if is_diffusers_temporal_vae(state):
+        state = diffusers_to_sgm(state)
+    vae = comfy.sd.VAE(sd=state, metadata=metadata)
+    vae.throw_exception_if_invalid()
+    return vae
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress
+# ---------------------------------------------------------------------------------------------
+
+
+class StepProgress:
+    """ComfyUI's progress bar, ticked once per unit of work; ticking is also where Cancel
+    takes effect (the server's progress hook raises ComfyUI's interrupt)."""
+
+    def __init__(self, total: int):
+        self.bar = comfy.utils.ProgressBar(total)
+        self.done = 0
+
+    def tick(self, preview=None) -> None:
+        self.done += 1
+        self.bar.update_absolute(self.done, max(self.bar.total, self.done), preview)
+
+    def engine_callback(self, stage: str, done: int, total: int) -> None:
+        """An engine :data:`~xportrait2_core.progress.ProgressFn`."""
+        self.done = done
+        self.bar.update_absolute(done, total)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------------------------
+
+
+def sampler_names() -> list[str]:
+    return list(comfy.samplers.SAMPLER_NAMES)
+
+
+def scheduler_names() -> list[str]:
+    return [OFFICIAL_SCHEDULER, *comfy.samplers.SCHEDULER_NAMES]
+
+
+def sampler_object(name: str):
+    return comfy.samplers.sampler_object(name)
+
+
+def sigmas_for(bundle: XNemoBundle, scheduler: str, steps: int, sampler_name: Optional[str] = None) -> torch.Tensor:
+    """steps + 1 sigmas ending in 0. ``xnemo_ddim`` gives the official DDIM timesteps
+    (953, 925, ..., 1 for 35 steps), with which ddim/euler reproduce the official sampler."""
+    model_sampling = bundle.model_sampling
+    if scheduler == OFFICIAL_SCHEDULER:
+        timesteps = ddim_timesteps(steps, bundle.models.schedule)
+        return torch.cat([model_sampling.sigmas[timesteps].float().cpu(), torch.zeros(1)])
+    # As core KSampler: these samplers drop the penultimate sigma, so ask for one step more.
+    discard = sampler_name in comfy.samplers.KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS
+    sigmas = comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps + int(discard)).cpu()
+    return torch.cat([sigmas[:-2], sigmas[-1:]]) if discard else sigmas
+
+
+class WindowedGuider:
+    """The model ComfyUI's samplers call: (x, sigma) -> denoised x0 for all frames.
+
+    Each call walks the context windows (one random offset per call from a generator seeded
+    with the sampler's seed, as the engine draws one per step) and returns the guided noise
+    prediction of the engine's :func:`predict_noise` converted to x0 with ComfyUI's epsilon
+    parameterisation."""
+
+    def __init__(
+        self,
+        patcher: comfy.model_patcher.ModelPatcher,
+        conditioning: Conditioning,
+        guidance: float,
+        context_frames: int,
+        context_overlap: int,
+        seed: int,
+        tick: Callable[[], None],
+    ):
+        self.model_patcher = patcher
+        self.inner_model = patcher.model
+        self.conditioning = conditioning
+        self.guidance = guidance
+        self.context_frames = context_frames
+        self.context_overlap = context_overlap
+        self.offsets = torch.Generator("cpu").manual_seed(seed)
+        self.tick = tick
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict = {}, seed=None) -> torch.Tensor:
+        if model_options.get("sampler_post_cfg_function"):
+            raise ValueError(
+                "the *_cfg_pp samplers need the unguided prediction separately, which the X-NeMo "
+                "temporal sampler does not expose; choose a sampler without _cfg_pp"
+            )
+        model_sampling = self.inner_model.model_sampling
+        unet = self.inner_model.diffusion_model
+        weight = unet.conv_in.weight
+        timestep = int(model_sampling.timestep(sigma[:1])[0])
+        offset = window_offsets(self.offsets, 1, self.context_frames)[0]
+        windows = context_windows(x.shape[0], self.context_frames, self.context_overlap, offset)
+        model_input = model_sampling.calculate_input(sigma, x).to(weight.dtype)
+        # ComfyUI keeps frames as the batch (F, 4, h, w); the engine as (1, 4, F, h, w).
+        eps = predict_noise(
+            unet, model_input.transpose(0, 1).unsqueeze(0), timestep, self.conditioning, windows, self.guidance, self.tick
+        )
+        return model_sampling.calculate_denoised(sigma, eps[0].transpose(0, 1).to(x.dtype), x)
+
+
+def sample_frames(
+    bundle: XNemoBundle,
+    conditioning: Conditioning,
+    reference_latent: torch.Tensor,
+    sampler,
+    sigmas: torch.Tensor,
+    seed: int,
+    guidance: float,
+    context_frames: int,
+    context_overlap: int,
+) -> torch.Tensor:
+    """Run a ComfyUI sampler over all frames: scaled reference latent (1, 4, h, w) -> the
+    LATENT samples (F, 4, h, w) (unscaled, as ComfyUI's VAE Decode takes them)."""
+    patcher = bundle.denoiser
+    make_resident(patcher)
+    device, dtype = patcher.load_device, bundle.models.denoiser.conv_in.weight.dtype
+    frames = conditioning.motion_tokens.shape[0]
+    height, width = reference_latent.shape[-2:]
+    conditioning = Conditioning(
+        conditioning.motion_tokens.to(device, dtype),
+        conditioning.negative_motion_tokens.to(device, dtype),
+        conditioning.image_embeds.to(device, dtype),
+        conditioning.reference.to(device, dtype),
+    )
+    # Same noise as ComfyUI's prepare_noise for a LATENT batch of F frames and this seed.
+    noise = seeded_noise(seed, frames, height, width)[0].transpose(0, 1).contiguous()
+    # The sampler adds sigma_0 * noise to this start; at the official first sigma the model then
+    # sees sqrt(a)*blur + sqrt(1-a)*noise, the official initial latents.
+    start = gaussian_blur(reference_latent.float().cpu()).expand(frames, -1, -1, -1).contiguous()
+    windows = len(context_windows(frames, context_frames, context_overlap, 0))
+    progress = StepProgress(windows * (len(sigmas) - 1))
+    previewer = latent_preview.get_previewer(device, bundle.latent_format)
+
+    def on_step(step: int, denoised: torch.Tensor, x: torch.Tensor, total_steps: int) -> None:
+        if previewer is not None:
+            preview = previewer.decode_latent_to_preview_image("JPEG", denoised)
+            progress.bar.update_absolute(progress.done, max(progress.bar.total, progress.done), preview)
+
+    guider = WindowedGuider(patcher, conditioning, guidance, context_frames, context_overlap, seed, progress.tick)
+    samples = sampler.sample(
+        guider, sigmas.to(device), {"model_options": {}, "seed": seed}, on_step, noise.to(device), start.to(device),
+        None, True,
+    )
+    return bundle.latent_format.process_out(samples.float()).to(output_device())

@@ -1,0 +1,38 @@
+"""Loader: the four X-NeMo files from models/xportrait2, each network under a ModelPatcher."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from . import comfy_adapter
+from .types import CATEGORY, XP2Models
+
+
+class XPortrait2Loader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="XPortrait2Loader",
+            display_name="X-Portrait 2 Loader",
+            category=CATEGORY,
+            description=(
+                "Loads X-NeMo's denoising UNet, temporal module, reference UNet and motion encoder (official .pth "
+                "or converted .safetensors) from models/xportrait2. Pick the denoising UNet file; the other three "
+                "must sit beside it under their official names."
+            ),
+            inputs=[
+                io.Combo.Input(
+                    "denoising_unet", options=comfy_adapter.denoiser_file_choices(),
+                    tooltip="xnemo_denoising_unet.pth / .safetensors in models/xportrait2 (or a subfolder)",
+                ),
+                io.Combo.Input(
+                    "weight_dtype", options=["auto", "fp32", "fp16", "bf16"], default="auto",
+                    tooltip="auto: fp16 where ComfyUI runs UNets in fp16 (the official precision), else fp32",
+                ),
+            ],
+            outputs=[XP2Models.Output(display_name="xnemo_models")],
+        )
+
+    @classmethod
+    def execute(cls, denoising_unet: str, weight_dtype: str) -> io.NodeOutput:
+        return io.NodeOutput(comfy_adapter.load_xnemo(denoising_unet, weight_dtype))

@@ -1,0 +1,69 @@
+"""The pack's socket types and the values that travel through them, plus IMAGE <-> engine tensors.
+
+Standard ComfyUI types are used wherever one exists (IMAGE, LATENT with frames as batch, VAE,
+CLIP_VISION, SAMPLER, SIGMAS); these custom types carry what has no standard type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from comfy_api.latest import io
+
+from ..xportrait2_core.faces import DrivingCropPlan, SourcePortrait
+from ..xportrait2_core.reference_attention import ReferenceKeysValues
+
+XP2Models = io.Custom("XP2_MODELS")  # comfy_adapter.XNemoBundle
+XP2Source = io.Custom("XP2_SOURCE")  # SourceFace
+XP2DrivingTrack = io.Custom("XP2_DRIVING_TRACK")  # DrivingTrack
+XP2MotionFeatures = io.Custom("XP2_MOTION_FEATURES")  # MotionFeatures
+XP2Motion = io.Custom("XP2_MOTION")  # MotionTokens
+XP2Reference = io.Custom("XP2_REFERENCE")  # ReferenceAppearance
+
+
+@dataclass(frozen=True)
+class SourceFace:
+    """The source portrait's crops and where they came from, for paste-back."""
+
+    portrait: SourcePortrait
+    picture: torch.Tensor  # (3, H, W) the full source image in [0, 1]
+
+
+@dataclass(frozen=True)
+class DrivingTrack:
+    """The driving video's face track: crop boxes per frame and which frames had a detection."""
+
+    plan: DrivingCropPlan
+    detected: torch.Tensor  # (F,) bool
+
+
+@dataclass(frozen=True)
+class MotionFeatures:
+    driving: torch.Tensor  # (F, 512) motion-encoder trunk features of the driving crops
+    source: torch.Tensor  # (1, 512) the same for the source face crop
+
+
+@dataclass(frozen=True)
+class MotionTokens:
+    driving: torch.Tensor  # (F, 32, 16) identity-filtered motion tokens, one set per frame
+    negative: torch.Tensor  # (32, 16) the source face's tokens (unconditional branch)
+
+
+@dataclass(frozen=True)
+class ReferenceAppearance:
+    latent: torch.Tensor  # (1, 4, h, w) scaled VAE latent of the reference image
+    image_embeds: torch.Tensor  # (1, D) CLIP image embedding
+    keys_values: ReferenceKeysValues  # the reference UNet's attention banks as keys/values
+
+
+def images_to_engine(images: torch.Tensor) -> torch.Tensor:
+    """IMAGE (B, H, W, C) -> (B, 3, H, W) float in [0, 1] (alpha dropped)."""
+    return images[..., :3].movedim(-1, 1).float()
+
+
+def engine_to_images(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> IMAGE (B, H, W, 3)."""
+    return images.movedim(1, -1).contiguous()
+
+CATEGORY = "X-Portrait 2"

@@ -1,0 +1,241 @@
+"""Shared pieces of the node-pack tests: random model files where ComfyUI's folder_paths look,
+small input media, the shipped API workflows adapted to them, and a ComfyUI server with the
+HTTP/WebSocket calls the end-to-end tests need.
+
+Models (all random, written once per session):
+
+* tiny X-NeMo networks in the official layout (``xportrait2_core.tiny_weights``) with a
+  768-wide image context, so that they fit a real CLIP ViT-L/14 embedding;
+* a full-size random CLIP ViT-L/14 vision tower in fp16 (transformers naming, which ComfyUI's
+  core CLIP vision loader detects as ViT-L; a smaller model is not detected);
+* a full-size random SVD temporal VAE in diffusers layout (ComfyUI builds its temporal VAE at
+  the fixed SVD size), loaded through the pack's VAE loader, which renames its keys.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.error
+import urllib.request
+import uuid
+from fractions import Fraction
+from pathlib import Path
+from typing import Optional
+
+import av
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tests.comfyui_server import ComfyUIServer
+from tests.golden import REPO_ROOT, SHARED
+from xportrait2_core import tiny_weights
+
+MEDIA = SHARED / "media"
+WORKFLOWS = REPO_ROOT / "workflows"
+API_WORKFLOWS = WORKFLOWS / "api"
+CLIP_FILE = "clip_vision_vit_l_random.safetensors"
+VAE_FILE = "svd_vae_diffusers_random.safetensors"
+DENOISER_FILE = "xnemo_denoising_unet.pth"
+PHOTO = "photo_ref.png"
+DRIVING_CLIP = "driving_10f.mp4"
+ONE_FRAME_CLIP = "driving_1f.mp4"
+SHORT_CLIP = "driving_4f.mp4"  # for the ten-prompt memory test
+NO_FACE_IMAGE = "no_face.png"
+TEST_FRAMES = 10
+TEST_SIZE = 64  # working size of the tests (the official 512 is far too slow on a CPU)
+TEST_STEPS = 2
+
+
+def write_xnemo_weights(folder: Path) -> Path:
+    """Tiny official-layout X-NeMo files whose denoiser attends to 768-dim CLIP embeddings."""
+    tiny_weights.write_tiny_weights(folder, image_embed_dim=768)
+    shutil.copyfile(MEDIA / "yunet_final.pth", folder / "yunet_final.pth")
+    return folder
+
+
+def write_clip_vision_vit_l(path: Path, seed: int = 0) -> Path:
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(
+        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+        image_size=224, patch_size=14, projection_dim=768, hidden_act="quick_gelu",
+    )
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in CLIPVisionModelWithProjection(config).state_dict().items()}
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, shape in shapes.items():
+        if name.endswith("position_ids"):
+            continue
+        if "norm" in name:
+            state[name] = (torch.ones(shape) if name.endswith("weight") else torch.zeros(shape)).half()
+        else:
+            state[name] = (torch.randn(shape, generator=generator) * 0.02).half()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path
+
+
+def write_svd_vae_diffusers(path: Path, seed: int = 0) -> Path:
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKLTemporalDecoder(
+        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4, layers_per_block=2
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.half().contiguous() for k, v in vae.state_dict().items()}, str(path))
+    return path
+
+
+def write_models(root: Path) -> dict[str, Path]:
+    """Every model file the workflows need, under ``root``; returns folder_paths name -> folder."""
+    folders = {"xportrait2": root / "xportrait2", "clip_vision": root / "clip_vision", "vae": root / "vae"}
+    write_xnemo_weights(folders["xportrait2"])
+    write_clip_vision_vit_l(folders["clip_vision"] / CLIP_FILE)
+    write_svd_vae_diffusers(folders["vae"] / VAE_FILE)
+    return folders
+
+
+@pytest.fixture(scope="session", name="xp2_models")
+def xp2_models_fixture(tmp_path_factory) -> dict[str, Path]:
+    """The random model files, written once per test session."""
+    return write_models(tmp_path_factory.mktemp("xp2-models"))
+
+
+def write_clip(path: Path, frames: int, source: Path = MEDIA / "driving_60f.mp4") -> Path:
+    """The first ``frames`` frames of a real driving video as a short H.264 MP4."""
+    with av.open(str(source)) as container:
+        images = [f.to_ndarray(format="rgb24") for _, f in zip(range(frames), container.decode(video=0))]
+    with av.open(str(path), "w") as output:
+        stream = output.add_stream("libx264", rate=Fraction(25))
+        stream.width, stream.height, stream.pix_fmt = images[0].shape[1], images[0].shape[0], "yuv420p"
+        for image in images:
+            output.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        output.mux(stream.encode())
+    return path
+
+
+def write_inputs(input_dir: Path) -> None:
+    from PIL import Image
+
+    input_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(MEDIA / PHOTO, input_dir / PHOTO)
+    write_clip(input_dir / DRIVING_CLIP, TEST_FRAMES)
+    write_clip(input_dir / ONE_FRAME_CLIP, 1)
+    write_clip(input_dir / SHORT_CLIP, 4)
+    Image.fromarray(np.full((256, 256, 3), 128, dtype=np.uint8)).save(input_dir / NO_FACE_IMAGE)
+
+
+def video_frames(path: Path) -> np.ndarray:
+    """Every frame of a video file as uint8 RGB (F, H, W, 3)."""
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def nodes_of_type(workflow: dict, class_type: str) -> list[str]:
+    return [node_id for node_id, node in workflow.items() if node["class_type"] == class_type]
+
+
+def api_workflow(name: str, *, steps: int = TEST_STEPS, size: int = TEST_SIZE, seed: Optional[int] = None) -> dict:
+    """A shipped API-format workflow with the tests' files, working size and step count."""
+    workflow = json.loads((API_WORKFLOWS / f"{name}.json").read_text())
+    for node in workflow.values():
+        inputs, kind = node["inputs"], node["class_type"]
+        if kind == "LoadImage":
+            inputs["image"] = PHOTO
+        elif kind == "LoadVideo":
+            inputs["file"] = DRIVING_CLIP
+        elif kind == "CLIPVisionLoader":
+            inputs["clip_name"] = CLIP_FILE
+        elif kind == "XPortrait2LoadTemporalVAE":
+            inputs["vae_name"] = VAE_FILE
+        elif kind == "XPortrait2Loader":
+            inputs["denoising_unet"] = DENOISER_FILE
+        elif kind == "XPortrait2SourceFaceCrop":
+            inputs["size"] = size
+        elif kind in ("XPortrait2Sampler", "XPortrait2Scheduler"):
+            inputs["steps"] = steps
+        if seed is not None and kind.startswith("XPortrait2Sampler"):
+            inputs["seed"] = seed
+    return workflow
+
+
+class PackServer(ComfyUIServer):
+    """The test server plus the calls the end-to-end tests make."""
+
+    def __init__(self, comfyui: Path, workdir: Path, model_folders: dict[str, Path]):
+        super().__init__(comfyui, workdir, model_folders)
+        self.client_id = uuid.uuid4().hex
+
+    def post_json(self, route: str, payload: dict) -> tuple[int, dict]:
+        request = urllib.request.Request(
+            self.url + route, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as reply:
+                body = reply.read()
+                return reply.status, (json.loads(body) if body else {})
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+    def queue(self, workflow: dict) -> str:
+        status, answer = self.post_json("/prompt", {"prompt": workflow, "client_id": self.client_id})
+        assert status == 200, f"prompt refused ({status}): {json.dumps(answer)[:3000]}"
+        return answer["prompt_id"]
+
+    def websocket(self):
+        import websocket
+
+        return websocket.create_connection(f"ws://127.0.0.1:{self.port}/ws?clientId={self.client_id}", timeout=600)
+
+    def wait_for(self, prompt_id: str, timeout: float = 600, on_message=None) -> dict:
+        """Wait for the prompt's terminal event over the WebSocket; return its history entry."""
+        connection = self.websocket()
+        try:
+            # The prompt may have finished before the socket opened: history answers then.
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                history = self.get_json(f"/history/{prompt_id}")
+                if prompt_id in history and history[prompt_id]["status"].get("completed") is not None:
+                    if history[prompt_id]["status"]["status_str"] in ("success", "error"):
+                        return history[prompt_id]
+                connection.settimeout(2)
+                try:
+                    raw = connection.recv()
+                except Exception:  # timeout: poll history again
+                    continue
+                if isinstance(raw, bytes):
+                    continue
+                message = json.loads(raw)
+                if on_message is not None:
+                    on_message(message)
+                if message["type"] in ("execution_success", "execution_error", "execution_interrupted"):
+                    if message["data"].get("prompt_id") == prompt_id:
+                        time.sleep(0.2)  # history is written right after the event
+                        return self.get_json(f"/history/{prompt_id}")[prompt_id]
+            raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout} s:\n{self.log_text()[-3000:]}")
+        finally:
+            connection.close()
+
+    def run(self, workflow: dict, timeout: float = 600) -> dict:
+        return self.wait_for(self.queue(workflow), timeout)
+
+    def output_files(self, history: dict) -> list[Path]:
+        files = []
+        for output in history["outputs"].values():
+            for item in output.get("images", []):
+                files.append(self.workdir / "output" / item.get("subfolder", "") / item["filename"])
+        return files
+
+
+def error_message(history: dict) -> str:
+    """The exception message ComfyUI shows in its error panel for a failed prompt."""
+    for kind, data in history["status"]["messages"]:
+        if kind == "execution_error":
+            return f"{data['node_type']}: {data['exception_message']}"
+    raise AssertionError(f"no execution_error in {history['status']}")

@@ -1,0 +1,330 @@
+"""The node pack inside a real ComfyUI server: the shipped workflows queued over HTTP, the
+template browser, bad input, Cancel, determinism, memory over ten prompts, comfy-cli.
+
+One server (``--cpu``, free 127.0.0.1 port, always stopped) serves the whole module; random
+model files sit in an extra model-paths config, media in the server's own input folder. The
+workflows run at a 64x64 working size with 2 sampling steps: they prove the plumbing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+import psutil
+import pytest
+
+from tests.comfyui_server import HOW_TO_PROVIDE, PACK_NAME, find_comfyui
+from tests.golden import REPO_ROOT
+from tests.nodes_support import (
+    DENOISER_FILE,
+    NO_FACE_IMAGE,
+    ONE_FRAME_CLIP,
+    SHORT_CLIP,
+    TEST_FRAMES,
+    TEST_SIZE,
+    WORKFLOWS,
+    PackServer,
+    api_workflow,
+    error_message,
+    nodes_of_type,
+    video_frames,
+    write_inputs,
+    xp2_models_fixture,  # noqa: F401 (pytest fixture "xp2_models")
+)
+from xportrait2_core import checkpoint
+
+PHOTO_TO_VIDEO = "xportrait2_photo_to_video"
+UPSCALE_PASTE_BACK = "xportrait2_upscale_paste_back"
+ADVANCED_SAMPLER = "xportrait2_advanced_sampler"
+SHIPPED = (PHOTO_TO_VIDEO, UPSCALE_PASTE_BACK, ADVANCED_SAMPLER)
+WRONG_NETWORK = "wrong_network"
+PACK_NODES = {
+    "XPortrait2Loader", "XPortrait2SourceFaceCrop", "XPortrait2DrivingFaceTrack", "XPortrait2MotionEncode",
+    "XPortrait2MotionLatents", "XPortrait2ReferenceAppearance", "XPortrait2Sampler", "XPortrait2SamplerAdvanced",
+    "XPortrait2Scheduler", "XPortrait2LoadTemporalVAE", "XPortrait2TemporalDecode", "XPortrait2PasteBack",
+}
+MEASUREMENTS: dict[str, object] = {}
+
+
+@pytest.fixture(scope="module")
+def comfyui_path():
+    path = find_comfyui()
+    if path is None:
+        pytest.skip(HOW_TO_PROVIDE)
+    return path
+
+
+def _write_wrong_network_folder(xportrait2_folder: Path) -> None:
+    """A weights folder whose 'motion encoder' file holds the denoising UNet."""
+    wrong = xportrait2_folder / WRONG_NETWORK
+    if wrong.exists():
+        return
+    shutil.copytree(xportrait2_folder / "sd-image-variations-diffusers", wrong / "sd-image-variations-diffusers")
+    for name in (checkpoint.DENOISER, checkpoint.TEMPORAL, checkpoint.REFERENCE):
+        shutil.copyfile(xportrait2_folder / f"{name}.pth", wrong / f"{name}.pth")
+    shutil.copyfile(xportrait2_folder / f"{checkpoint.DENOISER}.pth", wrong / f"{checkpoint.MOTION_ENCODER}.pth")
+
+
+@pytest.fixture(scope="module")
+def server(comfyui_path, xp2_models, tmp_path_factory):
+    _write_wrong_network_folder(xp2_models["xportrait2"])
+    workdir = tmp_path_factory.mktemp("comfyui-e2e")
+    write_inputs(workdir / "input")
+    started = time.monotonic()
+    with PackServer(comfyui_path, workdir, xp2_models) as running:
+        MEASUREMENTS["server_start_s"] = round(time.monotonic() - started, 1)
+        yield running
+    log = running.log_text()
+    MEASUREMENTS["load_log"] = [line for line in log.splitlines() if PACK_NAME in line or "workflow" in line.lower()]
+    print("\nnode-pack e2e measurements:", json.dumps(MEASUREMENTS, indent=1))
+
+
+def _rss_mb(server: PackServer) -> float:
+    return psutil.Process(server.process.pid).memory_info().rss / 2**20
+
+
+def _peak_rss_mb(server: PackServer) -> float:
+    status = Path(f"/proc/{server.process.pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) / 1024
+
+
+def _comfy_cli() -> str:
+    comfy = shutil.which("comfy") or shutil.which("comfy", path=str(Path(sys.executable).parent))
+    if comfy is None:
+        pytest.skip("comfy-cli is not installed (pip install comfy-cli)")
+    return comfy
+
+
+def _run_ok(server: PackServer, workflow: dict) -> dict:
+    history = server.run(workflow)
+    assert history["status"]["status_str"] == "success", error_message(history)
+    return history
+
+
+def _video_of(server: PackServer, history: dict) -> np.ndarray:
+    files = [f for f in server.output_files(history) if f.suffix == ".mp4"]
+    assert len(files) == 1, history["outputs"]
+    return video_frames(files[0])
+
+
+def test_pack_nodes_listed_with_official_defaults(server):
+    info = server.get_json("/object_info")
+    assert PACK_NODES <= set(info), sorted(PACK_NODES - set(info))
+    sampler = info["XPortrait2Sampler"]["input"]["required"]
+    assert sampler["steps"][1]["default"] == 35
+    assert sampler["guidance"][1]["default"] == 2.5
+    assert (sampler["context_frames"][1]["default"], sampler["context_overlap"][1]["default"]) == (24, 4)
+    assert sampler["sampler_name"][1]["default"] == "ddim"
+    assert sampler["scheduler"][1]["default"] == "xnemo_ddim"
+    assert DENOISER_FILE in info["XPortrait2Loader"]["input"]["required"]["denoising_unet"][1]["options"]
+
+
+def test_shipped_workflows_are_listed_as_templates(server):
+    templates = server.get_json("/workflow_templates")
+    assert sorted(templates.get(PACK_NAME, [])) == sorted(SHIPPED), templates
+    served = server.get_json(f"/api/workflow_templates/{PACK_NAME}/{PHOTO_TO_VIDEO}.json")
+    assert {node["type"] for node in served["nodes"]} >= {"XPortrait2Sampler", "SaveVideo"}
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_ui_workflow_converts_to_its_api_twin(server, name):
+    workflow_to_api = pytest.importorskip("comfy_cli.workflow_to_api")
+    info = server.get_json("/object_info")
+    converted = workflow_to_api.convert_ui_to_api(json.loads((WORKFLOWS / f"{name}.json").read_text()), info)
+    twin = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
+    graph = lambda workflow: {k: (v["class_type"], v["inputs"]) for k, v in workflow.items()}  # noqa: E731
+    assert graph(converted) == graph(twin)
+
+
+def test_photo_to_video_workflow_writes_mp4(server):
+    started = time.monotonic()
+    history = _run_ok(server, api_workflow(PHOTO_TO_VIDEO, seed=1))
+    MEASUREMENTS["photo_to_video_first_run_s"] = round(time.monotonic() - started, 1)
+    MEASUREMENTS["peak_rss_after_first_run_mb"] = round(_peak_rss_mb(server))
+    frames = _video_of(server, history)
+    assert frames.shape == (TEST_FRAMES, TEST_SIZE, TEST_SIZE, 3)
+    assert frames.std() > 0  # not a blank video
+
+
+def test_upscale_and_paste_back_workflow_gives_full_resolution(server):
+    started = time.monotonic()
+    history = _run_ok(server, api_workflow(UPSCALE_PASTE_BACK, seed=1))
+    MEASUREMENTS["upscale_paste_back_s"] = round(time.monotonic() - started, 1)
+    frames = _video_of(server, history)
+    photo = server.workdir / "input" / "photo_ref.png"
+    from PIL import Image
+
+    width, height = Image.open(photo).size
+    assert frames.shape == (TEST_FRAMES, height, width, 3)
+
+
+def _with_raw_outputs(workflow: dict) -> dict:
+    """Also save the sampler's LATENT and the decoded frames losslessly (MP4 is lossy and its
+    encoder can turn a last-bit difference of the decoder into visible block changes)."""
+    sampler = next(i for i, n in workflow.items() if n["class_type"].startswith("XPortrait2Sampler"))
+    decode = nodes_of_type(workflow, "XPortrait2TemporalDecode")[0]
+    workflow["900"] = {"class_type": "SaveLatent", "inputs": {"samples": [sampler, 0], "filename_prefix": "raw/latent"}}
+    workflow["901"] = {"class_type": "SaveImage", "inputs": {"images": [decode, 0], "filename_prefix": "raw/frame"}}
+    return workflow
+
+
+def _raw_outputs(server: PackServer, history: dict) -> tuple:
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    latent_info = history["outputs"]["900"]["latents"][0]
+    latent = load_file(str(server.workdir / "output" / latent_info["subfolder"] / latent_info["filename"]))
+    frames = [
+        np.asarray(Image.open(server.workdir / "output" / item["subfolder"] / item["filename"]), dtype=np.int16)
+        for item in history["outputs"]["901"]["images"]
+    ]
+    return latent["latent_tensor"], np.stack(frames)
+
+
+def test_advanced_sampler_workflow_equals_basic_defaults(server):
+    basic_latent, basic_frames = _raw_outputs(server, _run_ok(server, _with_raw_outputs(api_workflow(PHOTO_TO_VIDEO, seed=2))))
+    started = time.monotonic()
+    history = _run_ok(server, _with_raw_outputs(api_workflow(ADVANCED_SAMPLER, seed=2)))
+    MEASUREMENTS["advanced_sampler_s"] = round(time.monotonic() - started, 1)
+    advanced_latent, advanced_frames = _raw_outputs(server, history)
+    assert _video_of(server, history).shape == (TEST_FRAMES, TEST_SIZE, TEST_SIZE, 3)
+    # ddim + xnemo_ddim sigmas through SAMPLER/SIGMAS inputs = the basic node's defaults.
+    assert advanced_latent.equal(basic_latent)
+    assert np.abs(advanced_frames - basic_frames).max() <= 1
+
+
+def test_same_seed_same_frames(server):
+    first = _raw_outputs(server, _run_ok(server, _with_raw_outputs(api_workflow(PHOTO_TO_VIDEO, seed=21))))
+    other = _raw_outputs(server, _run_ok(server, _with_raw_outputs(api_workflow(PHOTO_TO_VIDEO, seed=22))))
+    again = _raw_outputs(server, _run_ok(server, _with_raw_outputs(api_workflow(PHOTO_TO_VIDEO, seed=21))))
+    assert again[0].equal(first[0])  # bit-identical latents
+    # Frames equal up to the last bit of core VAE decoding, whose work split follows free memory.
+    assert np.abs(again[1] - first[1]).max() <= 1
+    assert not other[0].equal(first[0])
+
+
+def _with_input(workflow: dict, class_type: str, **inputs) -> dict:
+    for node_id in nodes_of_type(workflow, class_type):
+        workflow[node_id]["inputs"].update(inputs)
+    return workflow
+
+
+BAD_INPUTS = {
+    "no face in the source": (
+        lambda: _with_input(api_workflow(PHOTO_TO_VIDEO), "LoadImage", image=NO_FACE_IMAGE), "no face found"
+    ),
+    "one-frame driving video": (
+        lambda: _with_input(api_workflow(PHOTO_TO_VIDEO), "LoadVideo", file=ONE_FRAME_CLIP), "has 1 frame"
+    ),
+    "weights of the wrong network": (
+        lambda: _with_input(
+            api_workflow(PHOTO_TO_VIDEO), "XPortrait2Loader", denoising_unet=f"{WRONG_NETWORK}/{DENOISER_FILE}"
+        ),
+        "looks like the denoising UNet",
+    ),
+    "driving crops where the one source face crop belongs": (
+        lambda: _with_input(api_workflow(PHOTO_TO_VIDEO), "XPortrait2MotionEncode", source_face=["5", 0]),
+        "source_face must be the one face crop",
+    ),
+    "neutral frame beyond the driving frames": (
+        lambda: _with_input(
+            api_workflow(PHOTO_TO_VIDEO), "XPortrait2MotionLatents", relative_to_neutral=True, neutral_frame=50
+        ),
+        "outside the 10 driving frames",
+    ),
+}
+
+
+def test_bad_input_fails_the_prompt_clearly_and_the_server_goes_on(server):
+    for case, (make_workflow, expected) in BAD_INPUTS.items():
+        history = server.run(make_workflow())
+        assert history["status"]["status_str"] == "error", case
+        assert expected in error_message(history), case
+        assert server.process.poll() is None, case
+    # The next prompt succeeds (a new seed, so it really runs).
+    _run_ok(server, api_workflow(PHOTO_TO_VIDEO, seed=100))
+
+
+def test_cancel_during_sampling_stops_within_one_model_call(server):
+    workflow = api_workflow(PHOTO_TO_VIDEO, steps=200, seed=31)
+    sampler_node = nodes_of_type(workflow, "XPortrait2Sampler")[0]
+    ticks: list[int] = []  # sampler progress values, one per model call (one window each)
+    ticks_when_cancel_accepted: list[int] = []
+    interrupted_at: list[float] = []
+    events: list[str] = []
+
+    def cancel() -> None:
+        server.post_json("/interrupt", {})
+        ticks_when_cancel_accepted.append(len(ticks))
+
+    def on_message(message: dict) -> None:
+        events.append(message["type"])
+        data = message["data"]
+        if message["type"] == "progress" and data.get("node") == sampler_node:
+            ticks.append(data["value"])
+            if data["value"] >= 2 and not interrupted_at:
+                interrupted_at.append(time.monotonic())
+                threading.Thread(target=cancel).start()  # the socket keeps being read meanwhile
+
+    history = server.wait_for(server.queue(workflow), on_message=on_message)
+    assert interrupted_at, "the sampler never reported progress"
+    MEASUREMENTS["cancel_to_stop_s"] = round(time.monotonic() - interrupted_at[0], 2)
+    assert history["status"]["status_str"] == "error"
+    assert "execution_interrupted" in events
+    calls_after_cancel = len(ticks) - ticks_when_cancel_accepted[0]
+    MEASUREMENTS["model_calls_after_cancel"] = calls_after_cancel
+    # At most the model call in flight when the interrupt arrived completes.
+    assert calls_after_cancel <= 1 and max(ticks) < 200, ticks
+    _run_ok(server, api_workflow(PHOTO_TO_VIDEO, seed=32))
+
+
+def test_ten_prompts_keep_memory_flat(server):
+    rss = []
+    started = time.monotonic()
+    for seed in range(10):
+        workflow = _with_input(api_workflow(PHOTO_TO_VIDEO, seed=1000 + seed), "LoadVideo", file=SHORT_CLIP)
+        _run_ok(server, workflow)
+        rss.append(_rss_mb(server))
+    MEASUREMENTS["ten_prompts_s"] = round(time.monotonic() - started, 1)
+    MEASUREMENTS["rss_after_each_prompt_mb"] = [round(r) for r in rss]
+    MEASUREMENTS["peak_rss_mb"] = round(_peak_rss_mb(server))
+    assert rss[9] <= 1.10 * rss[1], rss
+
+
+def test_comfy_cli_runs_a_shipped_workflow(server, tmp_path):
+    comfy = _comfy_cli()
+    workflow_file = tmp_path / "workflow.json"
+    workflow_file.write_text(json.dumps(api_workflow(PHOTO_TO_VIDEO, seed=41)))
+    command = [
+        comfy, "--skip-prompt", "run", "--workflow", str(workflow_file), "--wait",
+        "--host", "127.0.0.1", "--port", str(server.port), "--timeout", "600",
+    ]
+    started = time.monotonic()
+    answer = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    MEASUREMENTS["comfy_run_s"] = round(time.monotonic() - started, 1)
+    assert answer.returncode == 0, answer.stdout[-3000:] + answer.stderr[-3000:]
+    envelope = json.loads(answer.stdout)
+    assert envelope["ok"], envelope
+    assert envelope["data"]["status"] == "completed", envelope
+    # Outputs come as the server's /view URLs.
+    views = [parse_qs(urlparse(url).query) for url in envelope["data"]["outputs"]]
+    videos = [
+        server.workdir / "output" / view["subfolder"][0] / view["filename"][0]
+        for view in views if view["filename"][0].endswith(".mp4")
+    ]
+    assert videos and video_frames(videos[0]).shape[0] == TEST_FRAMES, envelope
+
+
+def test_comfy_node_validate_accepts_the_pack():
+    answer = subprocess.run(
+        [_comfy_cli(), "--skip-prompt", "node", "validate"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert answer.returncode == 0, answer.stdout[-3000:] + answer.stderr[-3000:]

@@ -1,0 +1,100 @@
+"""The node chain reproduces the engine API: the Temporal Sampler node's latents (default
+ddim + xnemo_ddim, several context windows with seeded offsets) equal
+``XPortrait2Pipeline.sample`` for the same seed, inputs and models.
+
+ComfyUI is imported in a child process (its own top-level ``nodes`` module must not meet this
+repository's ``nodes`` package, which pytest puts on ``sys.path``); the child loads the pack
+as ComfyUI does, as a package, calls the nodes in graph order, runs the engine on the same
+crops with the same CLIP vision and VAE, and prints the comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.comfyui_server import HOW_TO_PROVIDE, find_comfyui
+from tests.golden import REPO_ROOT
+from tests.nodes_support import CLIP_FILE, DENOISER_FILE, MEDIA, PHOTO, VAE_FILE, xp2_models_fixture  # noqa: F401 (pytest fixture "xp2_models")
+
+CHILD = textwrap.dedent(
+    """
+    import importlib.util, json, sys
+    comfyui, repo, models, photo, video = sys.argv[1:6]
+    sys.path[:] = [comfyui] + [p for p in sys.path[1:] if p not in ("", repo)]
+    from comfy.cli_args import args
+    args.cpu = True
+    import torch
+    spec = importlib.util.spec_from_file_location("xp2pack", repo + "/__init__.py", submodule_search_locations=[repo])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules["xp2pack"] = pack
+    spec.loader.exec_module(pack)
+    import folder_paths, comfy.clip_vision
+    from xp2pack import nodes
+    from xp2pack.nodes import comfy_adapter
+    from xp2pack.xportrait2_core.images import load_image
+    from xp2pack.xportrait2_core.pipeline import VAE_SCALING, XPortrait2Pipeline
+    from xp2pack.xportrait2_core.sampling import SamplingSettings
+    from xp2pack.xportrait2_core.video_io import iter_frames
+
+    for name in ("xportrait2", "clip_vision", "vae"):
+        folder_paths.add_model_folder_path(name, models + "/" + name)
+    result = lambda output: output.result
+    seed, steps, context, overlap, size = 11, 3, 4, 1, 64
+    bundle, = result(nodes.XPortrait2Loader.execute("%(denoiser)s", "fp32"))
+    clip = comfy.clip_vision.load(folder_paths.get_full_path("clip_vision", "%(clip)s"))
+    vae, = result(nodes.XPortrait2LoadTemporalVAE.execute("%(vae)s"))
+    photo_image = load_image(photo).movedim(0, -1)[None]
+    frames = torch.cat([chunk.float() / 255 for chunk in iter_frames(video, max_frames=10, chunk_size=10)])
+    reference_image, face_crop, source = result(nodes.XPortrait2SourceFaceCrop.execute(photo_image, size))
+    driving_crops, track = result(nodes.XPortrait2DrivingFaceTrack.execute(frames))
+    features, = result(nodes.XPortrait2MotionEncode.execute(bundle, driving_crops, face_crop))
+    motion, = result(nodes.XPortrait2MotionLatents.execute(bundle, features, 1.0, False, 0, 0.0))
+    reference, = result(nodes.XPortrait2ReferenceAppearance.execute(bundle, reference_image, clip, vae))
+    latent, = result(nodes.XPortrait2Sampler.execute(
+        bundle, reference, motion, seed, 2.5, context, overlap, steps, "ddim", "xnemo_ddim"))
+
+    pipeline = XPortrait2Pipeline(
+        bundle.models,
+        image_encoder=lambda image: comfy_adapter.clip_image_embeds(clip, image.movedim(1, -1)),
+        vae_encoder=lambda image: comfy_adapter.vae_encode(vae, ((image + 1) / 2).movedim(1, -1)),
+    )
+    settings = SamplingSettings(steps=steps, context_frames=context, context_overlap=overlap)
+    expected = pipeline.sample(
+        reference_image[0].movedim(-1, 0), face_crop[0].movedim(-1, 0), driving_crops.movedim(-1, 1),
+        seed=seed, settings=settings,
+    )[0].transpose(0, 1) / VAE_SCALING
+    ours = latent["samples"]
+    difference = (ours - expected).norm() / expected.norm()
+    print(json.dumps({
+        "shape": list(ours.shape), "expected_shape": list(expected.shape),
+        "relative_l2": difference.item(), "max_abs": (ours - expected).abs().max().item(),
+        "scale": expected.abs().max().item(), "frames": frames.shape[0],
+    }))
+    """
+) % {"denoiser": DENOISER_FILE, "clip": CLIP_FILE, "vae": VAE_FILE}
+
+
+@pytest.fixture(scope="module")
+def comfyui_path():
+    path = find_comfyui()
+    if path is None:
+        pytest.skip(HOW_TO_PROVIDE)
+    return path
+
+
+def test_sampler_node_latents_equal_engine_api(comfyui_path, xp2_models):
+    models = xp2_models["xportrait2"].parent
+    arguments = [str(comfyui_path), str(REPO_ROOT), str(models), str(MEDIA / PHOTO), str(MEDIA / "driving_60f.mp4")]
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, *arguments], cwd=comfyui_path, capture_output=True, text=True, timeout=900
+    )
+    assert child.returncode == 0, child.stdout[-3000:] + child.stderr[-5000:]
+    report = json.loads(child.stdout.strip().splitlines()[-1])
+    assert report["shape"] == report["expected_shape"] == [10, 4, 8, 8]
+    # 10 frames in windows of 4 (overlap 1): several windows, each step at its own seeded offset.
+    assert report["relative_l2"] < 1e-4, report
