@@ -176,8 +176,16 @@ def vae_encode(vae, image: torch.Tensor) -> torch.Tensor:
 
 
 def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
-    """Unscaled latents (n, 4, h, w) of one clip -> IMAGE (n, H, W, 3)."""
-    return vae.decode(latents)
+    """Unscaled latents (n, 4, h, w) of one clip -> IMAGE (n, H, W, 3), in ONE decoder call.
+
+    ``VAE.decode`` splits a batch by the free memory of the moment; the temporal decoder blends
+    only the frames of one call, so that split would change the result from run to run."""
+    model_management.load_models_gpu(
+        [vae.patcher], memory_required=vae.memory_used_decode(latents.shape, vae.vae_dtype),
+        force_full_load=vae.disable_offload,
+    )
+    decoded = vae.first_stage_model.decode(latents.to(vae.device, vae.vae_dtype))
+    return vae.process_output(decoded.to(vae.output_device).float()).movedim(1, -1)
 
 
 def load_vae(vae_file: str):
