@@ -46,8 +46,15 @@ def free_port() -> int:
 
 
 class ComfyUIServer:
-    def __init__(self, comfyui: Path, workdir: Path, model_folders: Optional[dict[str, Path]] = None):
+    def __init__(
+        self,
+        comfyui: Path,
+        workdir: Path,
+        model_folders: Optional[dict[str, Path]] = None,
+        extra_args: tuple[str, ...] = (),
+    ):
         self.comfyui = comfyui
+        self.extra_args = extra_args
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -69,7 +76,7 @@ class ComfyUIServer:
             "--disable-auto-launch", "--disable-api-nodes", "--extra-model-paths-config", str(self.config),
             "--output-directory", str(self.workdir / "output"), "--input-directory", str(self.workdir / "input"),
             "--temp-directory", str(self.workdir / "temp"), "--user-directory", str(self.workdir / "user"),
-            "--database-url", "sqlite:///:memory:",
+            "--database-url", "sqlite:///:memory:", *self.extra_args,
         ]
         for folder in ("output", "input", "temp", "user"):
             (self.workdir / folder).mkdir(exist_ok=True)

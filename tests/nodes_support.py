@@ -169,7 +169,8 @@ class PackServer(ComfyUIServer):
     """The test server plus the calls the end-to-end tests make."""
 
     def __init__(self, comfyui: Path, workdir: Path, model_folders: dict[str, Path]):
-        super().__init__(comfyui, workdir, model_folders)
+        # latent2rgb previews need no model file, so the sampler's previews can be checked.
+        super().__init__(comfyui, workdir, model_folders, extra_args=("--preview-method", "latent2rgb"))
         self.client_id = uuid.uuid4().hex
 
     def post_json(self, route: str, payload: dict) -> tuple[int, dict]:
@@ -210,6 +211,8 @@ class PackServer(ComfyUIServer):
                 except Exception:  # timeout: poll history again
                     continue
                 if isinstance(raw, bytes):
+                    if on_message is not None:
+                        on_message({"type": "binary", "data": raw})
                     continue
                 message = json.loads(raw)
                 if on_message is not None:

@@ -210,6 +210,19 @@ def test_same_seed_same_frames(server):
     assert not other[0].equal(first[0])
 
 
+def test_sampler_sends_latent_previews(server):
+    """Binary WebSocket frames of type 1 (a preview image, here JPEG) arrive while the sampler runs."""
+    frames: list[bytes] = []
+    history = server.wait_for(
+        server.queue(api_workflow(PHOTO_TO_VIDEO, seed=5)),
+        on_message=lambda message: frames.append(message["data"]) if message["type"] == "binary" else None,
+    )
+    assert history["status"]["status_str"] == "success", error_message(history)
+    previews = [f for f in frames if int.from_bytes(f[:4], "big") == 1]
+    assert previews, f"no preview among {len(frames)} binary messages"
+    assert all(f[8:10] == b"\xff\xd8" for f in previews)  # JPEG images
+
+
 def _with_input(workflow: dict, class_type: str, **inputs) -> dict:
     for node_id in nodes_of_type(workflow, class_type):
         workflow[node_id]["inputs"].update(inputs)
