@@ -5,6 +5,7 @@ import re
 import pytest
 import torch
 
+from tests.comfyui_server import HOW_TO_PROVIDE, find_comfyui
 from tests.golden import PARITY_RESULTS, GoldenFixture, fixture_dirs
 from xportrait2_core.models import load_models
 
@@ -33,6 +34,15 @@ def golden_weights(golden, tmp_path_factory):
 @pytest.fixture(scope="session")
 def golden_models(golden_weights):
     return load_models(golden_weights, device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def comfyui_path():
+    """A ComfyUI checkout (COMFYUI_PATH or comfy-cli's default workspace); skips the test when there is none."""
+    path = find_comfyui()
+    if path is None:
+        pytest.skip(HOW_TO_PROVIDE)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ import numpy as np
 import psutil
 import pytest
 
-from tests.comfyui_server import HOW_TO_PROVIDE, PACK_NAME, find_comfyui
+from tests.comfyui_server import PACK_NAME
 from tests.golden import REPO_ROOT
 from tests.nodes_support import (
     DENOISER_FILE,
@@ -52,14 +52,6 @@ PACK_NODES = {
     "XPortrait2Scheduler", "XPortrait2LoadTemporalVAE", "XPortrait2TemporalDecode", "XPortrait2PasteBack",
 }
 MEASUREMENTS: dict[str, object] = {}
-
-
-@pytest.fixture(scope="module")
-def comfyui_path():
-    path = find_comfyui()
-    if path is None:
-        pytest.skip(HOW_TO_PROVIDE)
-    return path
 
 
 def _write_wrong_network_folder(xportrait2_folder: Path) -> None:

@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
-from tests.comfyui_server import HOW_TO_PROVIDE, PACK_NAME, ComfyUIServer, find_comfyui
-
-
-@pytest.fixture(scope="module")
-def comfyui_path():
-    path = find_comfyui()
-    if path is None:
-        pytest.skip(HOW_TO_PROVIDE)
-    return path
+from tests.comfyui_server import PACK_NAME, ComfyUIServer
 
 
 def test_pack_imports_in_comfyui(comfyui_path, tmp_path):

@@ -15,9 +15,7 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 
-from tests.comfyui_server import HOW_TO_PROVIDE, find_comfyui
 from tests.golden import REPO_ROOT
 from tests.nodes_support import CLIP_FILE, DENOISER_FILE, MEDIA, PHOTO, VAE_FILE, xp2_models_fixture  # noqa: F401 (pytest fixture "xp2_models")
 
@@ -77,14 +75,6 @@ CHILD = textwrap.dedent(
     }))
     """
 ) % {"denoiser": DENOISER_FILE, "clip": CLIP_FILE, "vae": VAE_FILE}
-
-
-@pytest.fixture(scope="module")
-def comfyui_path():
-    path = find_comfyui()
-    if path is None:
-        pytest.skip(HOW_TO_PROVIDE)
-    return path
 
 
 def test_sampler_node_latents_equal_engine_api(comfyui_path, xp2_models):
