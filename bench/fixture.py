@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 
 from xportrait2_core import checkpoint
 from xportrait2_core.config import OFFICIAL_ADDITIONAL_KWARGS, UNetConfig
+from xportrait2_core.context import context_windows
 from xportrait2_core.motion_encoder import MotionEncoder
 from xportrait2_core.operations import LayerFactory, skip_init_operations
 from xportrait2_core.pipeline import seeded_noise, seeded_offsets
@@ -67,9 +68,7 @@ class BenchConfig:
 
     @property
     def windows_per_step(self) -> int:
-        if self.frames <= self.context_frames:
-            return 1
-        return math.ceil(self.frames / (self.context_frames - self.context_overlap))
+        return len(context_windows(self.frames, self.context_frames, self.context_overlap, offset=0))
 
     def describe(self) -> str:
         return (

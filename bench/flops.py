@@ -19,13 +19,13 @@ the same on both sides; the difference is the wasted work only.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from xportrait2_core.config import UNetConfig
+from xportrait2_core.context import context_windows
 from xportrait2_core.motion_encoder import MotionEncoder
 from xportrait2_core.operations import LayerFactory, skip_init_operations
 from xportrait2_core.reference_attention import ReferenceRead, reference_keys_values
@@ -59,9 +59,7 @@ class OfficialSettings:
 
     @property
     def windows_per_step(self) -> int:
-        if self.frames <= self.window:
-            return 1
-        return math.ceil(self.frames / (self.window - self.overlap))
+        return len(context_windows(self.frames, self.window, self.overlap, offset=0))
 
     def describe(self) -> str:
         return (
