@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import textwrap
@@ -264,3 +265,61 @@ def test_rotated_phone_video_is_read_upright(tmp_path):
     assert (info.width, info.height) == (32, 64)
     assert frame.shape == (64, 32, 3)
     assert frame[:32].float().mean() > 250 and frame[32:].float().mean() < 5, "left edge turned to the top"
+
+
+def test_an_in_memory_video_reads_and_gives_its_audio_like_the_file(tmp_path, first_frames):
+    clip = tmp_path / "clip.mp4"
+    write_clip_with_audio(clip, frame_count=20, fps=Fraction(30000, 1001))
+    in_memory = io.BytesIO(clip.read_bytes())
+    assert probe_video(in_memory) == probe_video(clip)
+    from_file = torch.cat(list(iter_frames(clip, chunk_size=7)))
+    assert torch.cat(list(iter_frames(in_memory, chunk_size=7))).equal(from_file)
+    assert torch.cat(list(iter_frames(in_memory, chunk_size=7))).equal(from_file)  # rewound for every pass
+    with VideoWriter(tmp_path / "out.mp4", fps=Fraction(30000, 1001), audio_from=in_memory) as writer:
+        writer.write(first_frames[:20, :64, :64])
+    with av.open(str(tmp_path / "out.mp4")) as written, av.open(str(clip)) as source:
+        copied = [bytes(p) for p in written.demux(written.streams.audio[0]) if p.size]
+        original = [bytes(p) for p in source.demux(source.streams.audio[0]) if p.size]
+    assert copied and copied == original[: len(copied)]
+
+
+def test_an_empty_in_memory_video_is_refused():
+    with pytest.raises(MediaError, match="empty"):
+        probe_video(io.BytesIO())
+
+
+def _write_variable_rate_clip(path: Path, starts_ms: list[int]) -> None:
+    """Frame i is a flat grey of level 20 * i + 10, shown from starts_ms[i]."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for index, start in enumerate(starts_ms):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 20 * index + 10, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = start, Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+def test_variable_frame_rate_is_read_at_a_constant_rate(tmp_path):
+    # A phone-style clip: 40 ms frames, a 200 ms stall, then a burst of 10 ms frames.
+    starts_ms = [0, 40, 80, 120, 320, 360, 370, 380, 390, 400, 440, 480]
+    clip = tmp_path / "vfr.mp4"
+    _write_variable_rate_clip(clip, starts_ms)
+    fps = probe_video(clip).fps
+    levels = [round((frame.float().mean().item() - 10) / 20) for frame in iter_frames(clip)]
+    starts = [Fraction(ms, 1000) for ms in starts_ms] + [Fraction(10**9)]
+    # Slot k shows the frame on screen in its middle, so sound and motion stay in sync.
+    for slot, shown in enumerate(levels):
+        middle = (slot + Fraction(1, 2)) / fps
+        assert starts[shown] <= middle < starts[shown + 1] or shown == len(starts_ms) - 1, (slot, levels)
+    assert levels == sorted(levels) and levels[0] == 0 and levels[-1] == len(starts_ms) - 1
+    assert levels.count(3) >= 4  # the stall repeats the frame before it
+    assert len(set(levels)) < len(starts_ms)  # the burst drops frames
+
+
+def test_constant_rate_frames_pass_one_for_one(tmp_path):
+    clip = tmp_path / "cfr.mp4"
+    _write_variable_rate_clip(clip, [40 * index for index in range(12)])
+    levels = [round((frame.float().mean().item() - 10) / 20) for frame in iter_frames(clip)]
+    assert levels == list(range(12))

@@ -1,9 +1,9 @@
 """From a portrait file and a driving video file to a finished MP4 (what ``xportrait2 animate`` runs).
 
-Streams everywhere: the driving video is read twice in chunks (face track, then crops that are
-turned into motion tokens right away), only tokens and latents are kept for the whole video, and
-decoded frames are pasted back and written chunk by chunk. The output file appears only when
-it is complete.
+Streams everywhere (:mod:`~xportrait2_core.driving_take`): the driving video is read twice in
+chunks (face track, then crops that are turned into motion tokens right away), only tokens and
+latents are kept for the whole video, and decoded frames are pasted back and written chunk by
+chunk. The output file appears only when it is complete.
 """
 
 from __future__ import annotations
@@ -15,15 +15,14 @@ from typing import Optional
 import torch
 
 from . import faces
+from .driving_take import DrivingTake, PasteBack, motion_crops, track_take, write_animation
 from .images import MediaError, load_image
 from .models import default_dtype
 from .pipeline import XPortrait2Pipeline
-from .progress import ProgressFn, report
+from .progress import ProgressFn
 from .sampling import SamplingSettings
 from .standalone_models import load_clip_image_encoder, load_temporal_vae
-from .video_io import VideoWriter, iter_frames, probe_video
-
-READ_CHUNK = 16
+from .video_io import VideoWriter
 
 
 @dataclass(frozen=True)
@@ -70,10 +69,7 @@ def load_pipeline(request: AnimateRequest, device: torch.device, dtype: torch.dt
 
 def animate_files(request: AnimateRequest, progress: Optional[ProgressFn] = None) -> Path:
     check_request(request)
-    info = probe_video(request.driving)
-    frame_limit = request.max_frames if request.max_frames is not None else info.frame_count
-    if min(frame_limit, info.frame_count) < 2:
-        raise MediaError(f"{request.driving.name} has {info.frame_count} frame(s): a driving video needs at least 2")
+    take = DrivingTake.open(lambda: request.driving, request.driving.name, request.max_frames)
     image = load_image(request.source)
     device = pick_device(request.device)
     dtype = request.dtype or default_dtype(device)
@@ -81,15 +77,9 @@ def animate_files(request: AnimateRequest, progress: Optional[ProgressFn] = None
         faces.find_yunet_weights(request.face_detector, [request.weights]), device=device
     )
     portrait = faces.prepare_source_portrait(image, detector, request.source.name, request.size)
-
-    def frames():
-        return iter_frames(request.driving, max_frames=request.max_frames, chunk_size=READ_CHUNK)
-
-    track = faces.track_face(_counted(frames(), "detecting faces", frame_limit, progress), detector, request.driving.name)
-    plan = faces.plan_driving_crops(track)
+    plan = faces.plan_driving_crops(track_take(take, detector, progress))
     pipeline = load_pipeline(request, device, dtype)
-    tokens = [pipeline.encode_motion(crops) for crops in _counted(faces.crop_driving_frames(frames(), plan),
-                                                                  "encoding motion", track.frame_count, progress)]
+    tokens = [pipeline.encode_motion(crops) for crops in motion_crops(take, plan, progress)]
     latents = pipeline.sample(
         portrait.reference,
         portrait.face_crop,
@@ -98,17 +88,7 @@ def animate_files(request: AnimateRequest, progress: Optional[ProgressFn] = None
         settings=request.settings,
         progress=progress,
     )
-    with VideoWriter(request.output, info.fps, audio_from=request.driving) as writer:
-        for chunk in pipeline.decode(latents, progress=progress):
-            if request.paste_back:
-                chunk = faces.paste_back(image, chunk.to(image.device), portrait.reference_box)
-            writer.write(chunk.permute(0, 2, 3, 1).cpu())
+    paste_back = PasteBack(image, portrait.reference_box) if request.paste_back else None
+    with VideoWriter(request.output, take.info.fps, audio_from=request.driving) as writer:
+        write_animation(writer, pipeline.decode(latents, progress=progress), paste_back)
     return request.output
-
-
-def _counted(chunks, stage: str, total: int, progress: Optional[ProgressFn]):
-    done = 0
-    for chunk in chunks:
-        yield chunk
-        done += len(chunk)
-        report(progress, stage, done, total)

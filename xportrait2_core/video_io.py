@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -24,6 +25,8 @@ import torch
 from .images import MediaError, PathLike, require_existing_file
 
 FrameRate = Fraction | int | float | str
+# A file, or a seekable binary stream (ComfyUI hands in-memory videos over as BytesIO).
+VideoSource = PathLike | BinaryIO
 
 # crf 12 is visually lossless for x264 on 8-bit yuv420p (18 is the usual "transparent" value and
 # what the official script uses); the files stay a few MB per hundred 512x512 frames.
@@ -55,19 +58,40 @@ def _is_still_image_format(container: av.container.InputContainer) -> bool:
     return any(name == "image2" or name.endswith("_pipe") for name in names)
 
 
+def _readable(source: VideoSource) -> tuple[str | BinaryIO, str, int]:
+    """What ``av.open`` takes for a source, the name to show in messages, and its size in bytes."""
+    if isinstance(source, (str, Path)):
+        path = require_existing_file(source, "video")
+        return str(path), path.name, path.stat().st_size
+    size = source.seek(0, os.SEEK_END)
+    source.seek(0)
+    name = Path(getattr(source, "name", "") or "the video (in memory)").name
+    if size == 0:
+        raise MediaError(f"{name} is empty (0 bytes): give a real video")
+    return source, name, size
+
+
+@dataclass
+class _OpenVideo:
+    container: av.container.InputContainer
+    stream: av.video.stream.VideoStream
+    name: str
+    size: int
+
+
 @contextmanager
-def _open_video(path: PathLike) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
-    path = require_existing_file(path, "video")
+def _open_video(source: VideoSource) -> Iterator[_OpenVideo]:
+    target, name, size = _readable(source)
     try:
-        container = av.open(str(path))
+        container = av.open(target)
     except (av.FFmpegError, OSError) as error:
-        raise MediaError(f"{path.name} is not a readable video (damaged or not a video file): {error}") from error
+        raise MediaError(f"{name} is not a readable video (damaged or not a video file): {error}") from error
     with container:
         if _is_still_image_format(container):
-            raise MediaError(f"{path.name} is a still image, not a video: give a driving video")
+            raise MediaError(f"{name} is a still image, not a video: give a driving video")
         if not container.streams.video:
-            raise MediaError(f"{path.name} has no video stream")
-        yield container, container.streams.video[0]
+            raise MediaError(f"{name} has no video stream (is it a sound file?)")
+        yield _OpenVideo(container, container.streams.video[0], name, size)
 
 
 def _upright(frame: av.VideoFrame) -> np.ndarray:
@@ -78,69 +102,94 @@ def _upright(frame: av.VideoFrame) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(pixels, quarter_turns)) if quarter_turns else pixels
 
 
-def _decoded_frames(container, stream, name: str) -> Iterator[np.ndarray]:
+def _decoded_frames(video: _OpenVideo) -> Iterator[av.VideoFrame]:
     decoded = 0
     try:
-        for frame in container.decode(stream):
-            yield _upright(frame)
+        for frame in video.container.decode(video.stream):
+            yield frame
             decoded += 1
     except av.FFmpegError as error:
-        raise MediaError(f"{name} is damaged: decoding failed after {decoded} frames ({error})") from error
+        raise MediaError(f"{video.name} is damaged: decoding failed after {decoded} frames ({error})") from error
 
 
-def _check_not_truncated(path: Path, stream) -> None:
+def _start_seconds(frame: av.VideoFrame, fallback: Fraction) -> Fraction:
+    return Fraction(frame.pts * frame.time_base) if frame.pts is not None else fallback
+
+
+def _at_constant_rate(frames: Iterator[av.VideoFrame], fps: Fraction) -> Iterator[av.VideoFrame]:
+    """The frames as a constant-rate video of ``fps`` shows them.
+
+    Slot ``k`` (at ``first + k / fps``) shows the frame on screen in the middle of that slot, so a
+    variable-frame-rate source gets frames repeated or dropped where its timing wanders and its
+    sound stays in sync with the output; a constant-rate source (timestamps within half a frame of
+    their slot) passes one for one.
+    """
+    previous = next(frames, None)
+    if previous is None:
+        return
+    first, slot = _start_seconds(previous, Fraction(0)), 0
+    for frame in frames:
+        starts = _start_seconds(frame, first + Fraction(slot + 1) / fps)
+        while first + (slot + Fraction(1, 2)) / fps < starts:
+            yield previous
+            slot += 1
+        previous = frame
+    yield previous
+
+
+def _check_not_truncated(video: _OpenVideo) -> None:
     # MP4/MOV indexes give every sample's byte position: a cut download is caught here, before
     # anything is decoded (threaded decoding would otherwise just end early without an error).
-    size = path.stat().st_size
-    if any(entry.pos + entry.size > size for entry in stream.index_entries):
-        raise MediaError(f"{path.name} is truncated: its index points past the end of the file (incomplete download?)")
+    if any(entry.pos + entry.size > video.size for entry in video.stream.index_entries):
+        raise MediaError(f"{video.name} is truncated: its index points past the end of the file (incomplete download?)")
 
 
-def _frame_rate(stream, name: str) -> Fraction:
+def _frame_rate(video: _OpenVideo) -> Fraction:
+    stream = video.stream
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     if not rate:
-        raise MediaError(f"{name} does not say its frame rate")
+        raise MediaError(f"{video.name} does not say its frame rate")
     return Fraction(rate)
 
 
-def _count_video_packets(path: Path) -> int:
-    with _open_video(path) as (container, stream):
+def _count_video_packets(source: VideoSource) -> int:
+    with _open_video(source) as video:
         try:
-            return sum(1 for packet in container.demux(stream) if packet.size > 0)
+            return sum(1 for packet in video.container.demux(video.stream) if packet.size > 0)
         except av.FFmpegError as error:
-            raise MediaError(f"{path.name} is damaged: {error}") from error
+            raise MediaError(f"{video.name} is damaged: {error}") from error
 
 
-def _duration_seconds(container, stream, frame_count: int, fps: Fraction) -> float:
-    if stream.duration:
-        return float(stream.duration * stream.time_base)
-    if container.duration:
-        return container.duration / av.time_base
+def _duration_seconds(video: _OpenVideo, frame_count: int, fps: Fraction) -> float:
+    if video.stream.duration:
+        return float(video.stream.duration * video.stream.time_base)
+    if video.container.duration:
+        return video.container.duration / av.time_base
     return float(frame_count / fps)
 
 
-def probe_video(path: PathLike) -> VideoInfo:
-    """Describe a video without decoding it (only its first frame, to prove it decodes).
+def probe_video(source: VideoSource) -> VideoInfo:
+    """Describe a video (a file, or a seekable binary stream such as ComfyUI's in-memory videos)
+    without decoding it (only its first frame, to prove it decodes).
 
     Raises :class:`MediaError` for a missing, empty, damaged or still-image file, a file without
     a video stream and a video without frames.
     """
-    path = Path(path)
-    with _open_video(path) as (container, stream):
-        fps = _frame_rate(stream, path.name)
-        _check_not_truncated(path, stream)
-        first = next(_decoded_frames(container, stream, path.name), None)
+    with _open_video(source) as video:
+        fps = _frame_rate(video)
+        _check_not_truncated(video)
+        first = next(_decoded_frames(video), None)
         if first is None:
-            raise MediaError(f"{path.name} has no frames")
-        frame_count = stream.frames or _count_video_packets(path)
-        height, width = first.shape[:2]
+            raise MediaError(f"{video.name} has no frames")
+        frame_count = video.stream.frames or _count_video_packets(source)
+        height, width = _upright(first).shape[:2]
         return VideoInfo(
             frame_count=frame_count,
             fps=fps,
             width=width,
             height=height,
-            has_audio=bool(container.streams.audio),
-            duration=_duration_seconds(container, stream, frame_count, fps),
+            has_audio=bool(video.container.streams.audio),
+            duration=_duration_seconds(video, frame_count, fps),
         )
 
 
@@ -150,29 +199,32 @@ def _batched(frames: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
         yield np.stack(batch)
 
 
-def _stream_frames(path: Path, max_frames: int | None, chunk_size: int | None) -> Iterator[torch.Tensor]:
-    with _open_video(path) as (container, stream):
-        stream.thread_type = "AUTO"
-        frames = itertools.islice(_decoded_frames(container, stream, path.name), max_frames)
+def _stream_frames(source: VideoSource, max_frames: int | None, chunk_size: int | None) -> Iterator[torch.Tensor]:
+    with _open_video(source) as video:
+        video.stream.thread_type = "AUTO"
+        constant_rate = _at_constant_rate(_decoded_frames(video), _frame_rate(video))
+        frames = (_upright(frame) for frame in itertools.islice(constant_rate, max_frames))
         batches = frames if chunk_size is None else _batched(frames, chunk_size)
         for batch in batches:
             yield torch.from_numpy(batch)
 
 
-def iter_frames(path: PathLike, max_frames: int | None = None, chunk_size: int | None = None) -> Iterator[torch.Tensor]:
-    """Decode a video lazily into uint8 RGB frames ``(H, W, 3)``, upright.
+def iter_frames(
+    source: VideoSource, max_frames: int | None = None, chunk_size: int | None = None
+) -> Iterator[torch.Tensor]:
+    """Decode a video lazily into uint8 RGB frames ``(H, W, 3)``, upright, at its constant frame
+    rate (:attr:`VideoInfo.fps`; a variable-frame-rate video is resampled to it).
 
     With ``chunk_size`` the frames come in chunks ``(N, H, W, 3)`` with ``N <= chunk_size`` (only
-    the last one shorter). ``max_frames`` stops after that many frames. The file is checked
+    the last one shorter). ``max_frames`` stops after that many frames. The source is checked
     before this returns (:func:`probe_video`), so a bad path fails here, not on the first
     ``next()``. A file damaged further in raises :class:`MediaError` when decoding reaches it.
     """
     for name, value in (("max_frames", max_frames), ("chunk_size", chunk_size)):
         if value is not None and value < 1:
             raise MediaError(f"{name} must be at least 1, got {value}")
-    path = Path(path)
-    probe_video(path)
-    return _stream_frames(path, max_frames, chunk_size)
+    probe_video(source)
+    return _stream_frames(source, max_frames, chunk_size)
 
 
 def exact_frame_rate(fps: FrameRate) -> Fraction:
@@ -205,8 +257,8 @@ def _even_padded(frames: np.ndarray) -> np.ndarray:
 class _AudioRemuxer:
     """Copies the audio packets of a source file into the output, unchanged, up to a time limit."""
 
-    def __init__(self, source: Path, output: av.container.OutputContainer) -> None:
-        self._input = av.open(str(source))
+    def __init__(self, source: VideoSource, output: av.container.OutputContainer) -> None:
+        self._input = av.open(_readable(source)[0])
         audio = self._input.streams.audio[0]
         video = self._input.streams.video[0] if self._input.streams.video else None
         self._output_stream = output.add_stream_from_template(audio)
@@ -241,13 +293,13 @@ class _AudioRemuxer:
         self._input.close()
 
 
-def _has_audio(path: PathLike) -> bool:
-    path = require_existing_file(path, "audio source")
+def _has_audio(source: VideoSource) -> bool:
+    target, name, _ = _readable(source)
     try:
-        with av.open(str(path)) as container:
+        with av.open(target) as container:
             return bool(container.streams.audio)
     except av.FFmpegError as error:
-        raise MediaError(f"{path.name} cannot be read for its audio: {error}") from error
+        raise MediaError(f"{name} cannot be read for its audio: {error}") from error
 
 
 class VideoWriter:
@@ -276,7 +328,7 @@ class VideoWriter:
         *,
         crf: int = DEFAULT_CRF,
         preset: str = DEFAULT_PRESET,
-        audio_from: PathLike | None = None,
+        audio_from: VideoSource | None = None,
     ) -> None:
         self.path = Path(path)
         self.fps = exact_frame_rate(fps)
@@ -301,13 +353,13 @@ class VideoWriter:
         os.close(handle)
         return Path(name)
 
-    def _open(self, crf: int, preset: str, audio_from: PathLike | None) -> None:
+    def _open(self, crf: int, preset: str, audio_from: VideoSource | None) -> None:
         self._container = av.open(str(self._temp_path), mode="w")
         self._stream = self._container.add_stream("libx264", rate=self.fps)
         self._stream.pix_fmt = "yuv420p"
         self._stream.options = {"crf": str(crf), "preset": preset}
         if audio_from is not None and _has_audio(audio_from):
-            self._audio = _AudioRemuxer(Path(audio_from), self._container)
+            self._audio = _AudioRemuxer(audio_from, self._container)
 
     def _guarded(self, action: Callable[..., None], *args: object) -> None:
         """Run an action on the file; any failure removes the partial file and becomes a MediaError."""

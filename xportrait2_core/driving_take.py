@@ -1,0 +1,105 @@
+"""A driving take read as a stream: however long the video, only what is small per frame (the
+face track, motion features or tokens, latents) is kept for all of it.
+
+Every stage reads the video again from the start, in chunks of :data:`READ_CHUNK` frames: the
+face track first (it needs all frames before it can smooth), then the motion crops. The result is
+decoded clip by clip, pasted back and written straight into an MP4 that appears only when it is
+complete. The command line and the ComfyUI nodes both go through here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from . import faces
+from .images import MediaError
+from .progress import ProgressFn, report
+from .video_io import VideoInfo, VideoSource, VideoWriter, iter_frames, probe_video
+
+# Frames decoded at a time. The IMAGE-path nodes cut their batches the same way, so both paths
+# feed the face detector and the motion encoder identical batches (and give identical results).
+READ_CHUNK = 16
+
+
+@dataclass(frozen=True)
+class DrivingTake:
+    """A driving video that each stage reads afresh: ``open_source`` gives a path or a rewound
+    binary stream every time it is called."""
+
+    open_source: Callable[[], VideoSource]
+    info: VideoInfo
+    name: str
+    max_frames: Optional[int] = None
+
+    @classmethod
+    def open(cls, open_source: Callable[[], VideoSource], name: str, max_frames: Optional[int] = None) -> DrivingTake:
+        """Check the video before any work starts (no video stream, damaged, a still image, ...)."""
+        if max_frames is not None and max_frames < 2:
+            raise MediaError("max_frames must be at least 2")
+        info = probe_video(open_source())
+        take = cls(open_source, info, name, max_frames)
+        if take.expected_frames < 2:
+            raise MediaError(f"{name} has {info.frame_count} frame(s): a driving video needs at least 2")
+        return take
+
+    @property
+    def expected_frames(self) -> int:
+        """What the container declares (the face track counts the frames for real)."""
+        if self.max_frames is None:
+            return self.info.frame_count
+        return min(self.max_frames, self.info.frame_count)
+
+    def chunks(self) -> Iterator[torch.Tensor]:
+        """The frames, uint8 ``(N, H, W, 3)`` chunks of at most :data:`READ_CHUNK`."""
+        return iter_frames(self.open_source(), max_frames=self.max_frames, chunk_size=READ_CHUNK)
+
+
+def counted(
+    chunks: Iterable[torch.Tensor], stage: str, total: int, progress: Optional[ProgressFn]
+) -> Iterator[torch.Tensor]:
+    """Pass chunks through, reporting the frames done after each (the total grows if it was low)."""
+    done = 0
+    for chunk in chunks:
+        yield chunk
+        done += len(chunk)
+        report(progress, stage, done, max(total, done))
+
+
+def track_take(
+    take: DrivingTake, detector: faces.FaceDetectorRunner, progress: Optional[ProgressFn] = None
+) -> faces.FaceTrack:
+    """First pass: the followed face in every frame (missed frames stay NaN until planning bridges them)."""
+    chunks = counted(take.chunks(), "detecting faces", take.expected_frames, progress)
+    return faces.track_face(chunks, detector, take.name)
+
+
+def motion_crops(
+    take: DrivingTake, plan: faces.DrivingCropPlan, progress: Optional[ProgressFn] = None
+) -> Iterator[torch.Tensor]:
+    """Second pass: the motion crops ``(N, 3, 224, 224)`` chunk by chunk, for the caller to encode
+    right away."""
+    return counted(faces.crop_driving_frames(take.chunks(), plan), "encoding motion", plan.frame_count, progress)
+
+
+@dataclass(frozen=True)
+class PasteBack:
+    """Where the animated square goes in the full-resolution source picture."""
+
+    picture: torch.Tensor  # (3, H, W) in [0, 1]
+    box: faces.CropBox
+    feather: float = 0.1
+
+
+def write_animation(
+    writer: VideoWriter, frame_chunks: Iterable[torch.Tensor], paste_back: Optional[PasteBack] = None
+) -> None:
+    """Write decoded chunks ``(N, 3, h, w)`` in [0, 1], pasted back into the source picture when
+    asked, as they come."""
+    for chunk in frame_chunks:
+        if paste_back is not None:
+            chunk = faces.paste_back(paste_back.picture, chunk, paste_back.box, paste_back.feather)
+        writer.write(chunk.permute(0, 2, 3, 1).cpu())
