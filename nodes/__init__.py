@@ -3,10 +3,10 @@
 from comfy_api.latest import ComfyExtension, io
 
 from . import comfy_adapter
-from .decode import XPortrait2LoadTemporalVAE, XPortrait2TemporalDecode
-from .driving_face import XPortrait2DrivingFaceTrack
+from .decode import XPortrait2DecodeToVideo, XPortrait2LoadTemporalVAE, XPortrait2TemporalDecode
+from .driving_face import XPortrait2DrivingFaceTrack, XPortrait2DrivingVideoTrack
 from .loader import XPortrait2Loader
-from .motion_encode import XPortrait2MotionEncode
+from .motion_encode import XPortrait2MotionEncode, XPortrait2MotionEncodeVideo
 from .motion_latents import XPortrait2MotionLatents
 from .paste_back import XPortrait2PasteBack
 from .reference import XPortrait2ReferenceAppearance
@@ -22,7 +22,9 @@ class XPortrait2Extension(ComfyExtension):
             XPortrait2Loader,
             XPortrait2SourceFaceCrop,
             XPortrait2DrivingFaceTrack,
+            XPortrait2DrivingVideoTrack,
             XPortrait2MotionEncode,
+            XPortrait2MotionEncodeVideo,
             XPortrait2MotionLatents,
             XPortrait2ReferenceAppearance,
             XPortrait2Sampler,
@@ -30,5 +32,6 @@ class XPortrait2Extension(ComfyExtension):
             XPortrait2Scheduler,
             XPortrait2LoadTemporalVAE,
             XPortrait2TemporalDecode,
+            XPortrait2DecodeToVideo,
             XPortrait2PasteBack,
         ]

@@ -9,6 +9,7 @@ only ``comfy_api`` and this adapter; the engine (``xportrait2_core``) imports ne
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,6 +27,7 @@ import folder_paths
 import latent_preview
 import torch
 from comfy.ldm.modules.attention import optimized_attention
+from comfy_api.latest import InputImpl
 
 from ..xportrait2_core import checkpoint
 from ..xportrait2_core.context import context_windows, window_offsets
@@ -198,6 +200,27 @@ def load_vae(vae_file: str):
     vae = comfy.sd.VAE(sd=state, metadata=metadata)
     vae.throw_exception_if_invalid()
     return vae
+
+
+# ---------------------------------------------------------------------------------------------
+# VIDEO
+# ---------------------------------------------------------------------------------------------
+
+TEMP_VIDEO_FOLDER = "xportrait2"
+
+
+def temp_video_path() -> Path:
+    """A fresh name for a rendered take in ComfyUI's temp folder (emptied when ComfyUI starts and
+    exits; Save Video copies the file into the output folder)."""
+    folder = Path(folder_paths.get_temp_directory()) / TEMP_VIDEO_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"XPortrait2_{uuid.uuid4().hex[:12]}.mp4"
+
+
+def video_from_file(path: Path):
+    """A VIDEO that is only a reference to a finished file: consumers stream it, Save Video copies
+    its packets without re-encoding."""
+    return InputImpl.VideoFromFile(str(path))
 
 
 # ---------------------------------------------------------------------------------------------

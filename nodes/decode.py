@@ -1,14 +1,34 @@
-"""Decode: the SVD temporal VAE in clips of 25 frames as the official code decodes, and a loader
-that accepts the SVD VAE in the diffusers layout the official weights folder holds."""
+"""Decode: the SVD temporal VAE in clips of 25 frames as the official code decodes, into an IMAGE
+batch or (long takes) straight into an MP4 handed on as a VIDEO; and a loader that accepts the SVD
+VAE in the diffusers layout the official weights folder holds."""
 
 from __future__ import annotations
 
 import torch
 from comfy_api.latest import io
 
+from ..xportrait2_core.driving_take import PasteBack, write_animation
 from ..xportrait2_core.pipeline import DECODE_CHUNK
+from ..xportrait2_core.video_io import VideoWriter
 from . import comfy_adapter
-from .types import CATEGORY
+from .types import CATEGORY, DrivingVideo, SourceFace, XP2DrivingVideo, XP2Source, images_to_engine
+
+
+def _frames_per_clip_input() -> io.Int.Input:
+    return io.Int.Input(
+        "frames_per_clip", default=DECODE_CHUNK, min=1, max=256,
+        tooltip="frames decoded together; the temporal VAE blends within a clip (the official code uses 25)",
+    )
+
+
+def _decoded_clips(vae, samples: torch.Tensor, frames_per_clip: int):
+    """IMAGE clips (n, H, W, 3), one decoder call each, ticking the node's progress bar in frames."""
+    count = samples.shape[0]
+    progress = comfy_adapter.StepProgress(count)
+    for start in range(0, count, frames_per_clip):
+        clip = comfy_adapter.vae_decode(vae, samples[start : start + frames_per_clip])
+        yield clip
+        progress.engine_callback("decode", start + len(clip), count)
 
 
 class XPortrait2LoadTemporalVAE(io.ComfyNode):
@@ -47,18 +67,58 @@ class XPortrait2TemporalDecode(io.ComfyNode):
             inputs=[
                 io.Vae.Input("vae"),
                 io.Latent.Input("latent"),
-                io.Int.Input("frames_per_clip", default=DECODE_CHUNK, min=1, max=256),
+                _frames_per_clip_input(),
             ],
             outputs=[io.Image.Output(display_name="frames")],
         )
 
     @classmethod
     def execute(cls, vae, latent: dict, frames_per_clip: int) -> io.NodeOutput:
-        samples = latent["samples"]
-        count = samples.shape[0]
-        progress = comfy_adapter.StepProgress(-(-count // frames_per_clip))
-        clips = []
-        for start in range(0, count, frames_per_clip):
-            clips.append(comfy_adapter.vae_decode(vae, samples[start : start + frames_per_clip]))
-            progress.tick()
-        return io.NodeOutput(torch.cat(clips))
+        return io.NodeOutput(torch.cat(list(_decoded_clips(vae, latent["samples"], frames_per_clip))))
+
+
+class XPortrait2DecodeToVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="XPortrait2DecodeToVideo",
+            display_name="X-Portrait 2 Decode to VIDEO",
+            category=CATEGORY,
+            description=(
+                "The long-take end of the graph: decodes the LATENT clip by clip, pastes each clip back into the "
+                "source portrait when source_face is connected, and writes it straight into an H.264 MP4 at the "
+                "driving take's exact frame rate with its sound copied (not re-encoded) and trimmed. The MP4 goes "
+                "to ComfyUI's temp folder (emptied when ComfyUI starts) and only appears once complete; the VIDEO "
+                "output refers to it, so Save Video copies it without re-encoding."
+            ),
+            inputs=[
+                io.Vae.Input("vae"),
+                io.Latent.Input("latent"),
+                XP2DrivingVideo.Input("driving_video", tooltip="the take the motion came from: frame rate and sound"),
+                XP2Source.Input(
+                    "source_face", optional=True,
+                    tooltip="connect to paste the animation back into the full-resolution source portrait",
+                ),
+                io.Float.Input(
+                    "feather", default=0.1, min=0.0, max=0.5, step=0.01,
+                    tooltip="paste-back: width of the soft seam, as a fraction of the square's side",
+                ),
+                _frames_per_clip_input(),
+            ],
+            outputs=[io.Video.Output(display_name="video")],
+        )
+
+    @classmethod
+    def execute(
+        cls, vae, latent: dict, driving_video: DrivingVideo, feather: float, frames_per_clip: int,
+        source_face: SourceFace | None = None,
+    ) -> io.NodeOutput:
+        take = driving_video.take
+        paste_back = None
+        if source_face is not None:
+            paste_back = PasteBack(source_face.picture, source_face.portrait.reference_box, feather)
+        clips = (images_to_engine(clip) for clip in _decoded_clips(vae, latent["samples"], frames_per_clip))
+        path = comfy_adapter.temp_video_path()
+        with VideoWriter(path, take.info.fps, audio_from=take.open_source()) as writer:
+            write_animation(writer, clips, paste_back)
+        return io.NodeOutput(comfy_adapter.video_from_file(path))

@@ -1,13 +1,45 @@
-"""Motion Encode: driving face crops (and the source face crop) -> per-frame motion features."""
+"""Motion Encode: driving face crops (and the source face crop) -> per-frame motion features,
+from crops in an IMAGE batch or cut from a driving VIDEO as it streams."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 from comfy_api.latest import io
 
-from ..xportrait2_core.motion_stages import encode_features
+from ..xportrait2_core.driving_take import counted, motion_crops
+from ..xportrait2_core.motion_stages import FEATURE_BATCH, encode_features
 from . import comfy_adapter
-from .types import CATEGORY, MotionFeatures, XP2Models, XP2MotionFeatures, images_to_engine
+from .types import (
+    CATEGORY,
+    DrivingVideo,
+    MotionFeatures,
+    XP2DrivingVideo,
+    XP2Models,
+    XP2MotionFeatures,
+    images_to_engine,
+)
+
+
+def _source_face_input() -> io.Image.Input:
+    return io.Image.Input("source_face", tooltip="the source's face crop (Face Crop (source))")
+
+
+def _encode(xnemo_models, driving_chunks: Iterable[torch.Tensor], source_face: torch.Tensor) -> MotionFeatures:
+    """Features of every driving chunk (N, 3, S, S) and of the source face crop IMAGE."""
+    if source_face.shape[0] != 1:
+        raise ValueError(
+            f"source_face must be the one face crop of the source portrait, got {source_face.shape[0]} images "
+            "(are driving_faces and source_face swapped?)"
+        )
+    comfy_adapter.make_resident(xnemo_models.motion_encoder)
+    encoder = xnemo_models.models.motion_encoder
+    output = comfy_adapter.output_device()
+    # Each chunk's features leave the compute device at once: only (F, 512) is kept for the take.
+    driving = torch.cat([encode_features(encoder, chunk).to(output) for chunk in driving_chunks])
+    source = encode_features(encoder, images_to_engine(source_face))
+    return MotionFeatures(driving, source.to(output))
 
 
 class XPortrait2MotionEncode(io.ComfyNode):
@@ -21,22 +53,42 @@ class XPortrait2MotionEncode(io.ComfyNode):
             inputs=[
                 XP2Models.Input("xnemo_models"),
                 io.Image.Input("driving_faces", tooltip="face crops of the driving video (Face Track & Crop)"),
-                io.Image.Input("source_face", tooltip="the source's face crop (Face Crop (source))"),
+                _source_face_input(),
             ],
             outputs=[XP2MotionFeatures.Output(display_name="motion_features")],
         )
 
     @classmethod
     def execute(cls, xnemo_models, driving_faces: torch.Tensor, source_face: torch.Tensor) -> io.NodeOutput:
-        if source_face.shape[0] != 1:
-            raise ValueError(
-                f"source_face must be the one face crop of the source portrait, got {source_face.shape[0]} images "
-                "(are driving_faces and source_face swapped?)"
-            )
-        comfy_adapter.make_resident(xnemo_models.motion_encoder)
-        encoder = xnemo_models.models.motion_encoder
-        progress = comfy_adapter.StepProgress(driving_faces.shape[0])
-        driving = encode_features(encoder, images_to_engine(driving_faces), progress=progress.engine_callback)
-        source = encode_features(encoder, images_to_engine(source_face))
-        output = comfy_adapter.output_device()
-        return io.NodeOutput(MotionFeatures(driving.to(output), source.to(output)))
+        count = driving_faces.shape[0]
+        progress = comfy_adapter.StepProgress(count)
+        batches = (images_to_engine(driving_faces[i : i + FEATURE_BATCH]) for i in range(0, count, FEATURE_BATCH))
+        features = _encode(xnemo_models, counted(batches, "motion", count, progress.engine_callback), source_face)
+        return io.NodeOutput(features)
+
+
+class XPortrait2MotionEncodeVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="XPortrait2MotionEncodeVideo",
+            display_name="X-Portrait 2 Motion Encode (driving VIDEO)",
+            category=CATEGORY,
+            description=(
+                "Reads the driving take again in chunks, cuts each frame's face crop along the track and runs the "
+                "motion encoder on it right away: only 512 numbers per frame are kept."
+            ),
+            inputs=[
+                XP2Models.Input("xnemo_models"),
+                XP2DrivingVideo.Input("driving_video", tooltip="from Face Track (driving VIDEO)"),
+                _source_face_input(),
+            ],
+            outputs=[XP2MotionFeatures.Output(display_name="motion_features")],
+        )
+
+    @classmethod
+    def execute(cls, xnemo_models, driving_video: DrivingVideo, source_face: torch.Tensor) -> io.NodeOutput:
+        plan = driving_video.track.plan
+        progress = comfy_adapter.StepProgress(plan.frame_count)
+        crops = motion_crops(driving_video.take, plan, progress.engine_callback)
+        return io.NodeOutput(_encode(xnemo_models, crops, source_face))

@@ -11,12 +11,14 @@ from dataclasses import dataclass
 import torch
 from comfy_api.latest import io
 
+from ..xportrait2_core.driving_take import DrivingTake
 from ..xportrait2_core.faces import DrivingCropPlan, SourcePortrait
 from ..xportrait2_core.reference_attention import ReferenceKeysValues
 
 XP2Models = io.Custom("XP2_MODELS")  # comfy_adapter.XNemoBundle
 XP2Source = io.Custom("XP2_SOURCE")  # SourceFace
 XP2DrivingTrack = io.Custom("XP2_DRIVING_TRACK")  # DrivingTrack
+XP2DrivingVideo = io.Custom("XP2_DRIVING_VIDEO")  # DrivingVideo
 XP2MotionFeatures = io.Custom("XP2_MOTION_FEATURES")  # MotionFeatures
 XP2Motion = io.Custom("XP2_MOTION")  # MotionTokens
 XP2Reference = io.Custom("XP2_REFERENCE")  # ReferenceAppearance
@@ -39,6 +41,14 @@ class DrivingTrack:
 
 
 @dataclass(frozen=True)
+class DrivingVideo:
+    """A driving take that stays a file (read again in chunks by each stage) and its face track."""
+
+    take: DrivingTake
+    track: DrivingTrack
+
+
+@dataclass(frozen=True)
 class MotionFeatures:
     driving: torch.Tensor  # (F, 512) motion-encoder trunk features of the driving crops
     source: torch.Tensor  # (1, 512) the same for the source face crop
@@ -58,8 +68,11 @@ class ReferenceAppearance:
 
 
 def images_to_engine(images: torch.Tensor) -> torch.Tensor:
-    """IMAGE (B, H, W, C) -> (B, 3, H, W) float in [0, 1] (alpha dropped)."""
-    return images[..., :3].movedim(-1, 1).float()
+    """IMAGE (B, H, W, C) -> contiguous (B, 3, H, W) float in [0, 1] (alpha dropped).
+
+    Contiguous because convolutions pick their kernels by memory layout: a channels-last view
+    would give results a few ulp away from the same frames read from a VIDEO."""
+    return images[..., :3].movedim(-1, 1).float().contiguous()
 
 
 def engine_to_images(images: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -52,9 +54,11 @@ class ComfyUIServer:
         workdir: Path,
         model_folders: Optional[dict[str, Path]] = None,
         extra_args: tuple[str, ...] = (),
+        max_file_bytes: Optional[int] = None,
     ):
         self.comfyui = comfyui
         self.extra_args = extra_args
+        self.max_file_bytes = max_file_bytes
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -81,7 +85,9 @@ class ComfyUIServer:
         for folder in ("output", "input", "temp", "user"):
             (self.workdir / folder).mkdir(exist_ok=True)
         self.log = open(self.log_path, "w")
-        self.process = subprocess.Popen(args, cwd=self.comfyui, stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            args, cwd=self.comfyui, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=self._limit_file_size
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -94,6 +100,13 @@ class ComfyUIServer:
                 time.sleep(0.5)
         self.stop()
         raise TimeoutError(f"ComfyUI did not answer within {timeout} s:\n{self.log_text()[-3000:]}")
+
+    def _limit_file_size(self) -> None:
+        # A file-size limit makes every write past it fail (EFBIG; Python ignores SIGXFSZ): the
+        # server then meets a "full disk" while writing any larger file.
+        if self.max_file_bytes is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (self.max_file_bytes, self.max_file_bytes))
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

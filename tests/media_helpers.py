@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 
@@ -41,13 +42,52 @@ def write_clip_with_audio(path: Path, frame_count: int, fps: Fraction, size=(64,
             frame.pts = index
             container.mux(video.encode(frame))
         container.mux(video.encode())
-        seconds = float(frame_count / fps)
-        times = np.arange(int(sample_rate * seconds)) / sample_rate
-        tone = (0.3 * np.sin(2 * np.pi * 440 * times)).astype(np.float32)[None]
-        samples = av.AudioFrame.from_ndarray(tone, format="flt", layout="mono")
-        samples.sample_rate, samples.pts = sample_rate, 0
-        container.mux(audio.encode(samples))
+        container.mux(audio.encode(_tone(float(frame_count / fps), sample_rate)))
         container.mux(audio.encode())
+
+
+def _tone(seconds: float, sample_rate: int) -> av.AudioFrame:
+    times = np.arange(int(sample_rate * seconds)) / sample_rate
+    samples = av.AudioFrame.from_ndarray(
+        (0.3 * np.sin(2 * np.pi * 440 * times)).astype(np.float32)[None], format="flt", layout="mono"
+    )
+    samples.sample_rate, samples.pts = sample_rate, 0
+    return samples
+
+
+def write_driving_clip(
+    target: Path,
+    frames: int,
+    source: Path | None = None,
+    fps: Fraction | None = None,
+    tone: bool = False,
+    faceless: Iterable[int] = (),
+) -> Path:
+    """The first ``frames`` frames of a real driving video (``driving_60f.mp4`` by default, looped
+    when it is shorter) as an H.264 MP4 at ``fps`` (the source's by default), optionally with a
+    440 Hz tone as long as the video and with the ``faceless`` frames replaced by plain grey."""
+    source = source or media("driving_60f.mp4")
+    faceless = set(faceless)
+    with av.open(str(source)) as container:
+        pictures = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+        fps = fps or Fraction(container.streams.video[0].average_rate)
+    height, width = pictures[0].shape[:2]
+    with av.open(str(target), "w") as output:
+        video = output.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        audio = output.add_stream("aac", rate=44100) if tone else None
+        if audio is not None:
+            audio.layout = "mono"
+        for index in range(frames):
+            pixels = np.full_like(pictures[0], 128) if index in faceless else pictures[index % len(pictures)]
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts = index
+            output.mux(video.encode(frame))
+        output.mux(video.encode())
+        if audio is not None:
+            output.mux(audio.encode(_tone(float(frames / fps), 44100)))
+            output.mux(audio.encode())
+    return target
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

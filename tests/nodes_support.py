@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 
 from tests.comfyui_server import ComfyUIServer
 from tests.golden import REPO_ROOT, SHARED
+from tests.media_helpers import write_driving_clip
 from xportrait2_core import tiny_weights
 
 MEDIA = SHARED / "media"
@@ -107,27 +108,13 @@ def xp2_models_fixture(tmp_path_factory) -> dict[str, Path]:
     return write_models(tmp_path_factory.mktemp("xp2-models"))
 
 
-def write_clip(path: Path, frames: int, source: Path = MEDIA / "driving_60f.mp4") -> Path:
-    """The first ``frames`` frames of a real driving video as a short H.264 MP4."""
-    with av.open(str(source)) as container:
-        images = [f.to_ndarray(format="rgb24") for _, f in zip(range(frames), container.decode(video=0))]
-    with av.open(str(path), "w") as output:
-        stream = output.add_stream("libx264", rate=Fraction(25))
-        stream.width, stream.height, stream.pix_fmt = images[0].shape[1], images[0].shape[0], "yuv420p"
-        for image in images:
-            output.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        output.mux(stream.encode())
-    return path
-
-
 def write_inputs(input_dir: Path) -> None:
     from PIL import Image
 
     input_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(MEDIA / PHOTO, input_dir / PHOTO)
-    write_clip(input_dir / DRIVING_CLIP, TEST_FRAMES)
-    write_clip(input_dir / ONE_FRAME_CLIP, 1)
-    write_clip(input_dir / SHORT_CLIP, 4)
+    for name, frames in ((DRIVING_CLIP, TEST_FRAMES), (ONE_FRAME_CLIP, 1), (SHORT_CLIP, 4)):
+        write_driving_clip(input_dir / name, frames, fps=Fraction(25))
     Image.fromarray(np.full((256, 256, 3), 128, dtype=np.uint8)).save(input_dir / NO_FACE_IMAGE)
 
 
@@ -168,9 +155,13 @@ def api_workflow(name: str, *, steps: int = TEST_STEPS, size: int = TEST_SIZE, s
 class PackServer(ComfyUIServer):
     """The test server plus the calls the end-to-end tests make."""
 
-    def __init__(self, comfyui: Path, workdir: Path, model_folders: dict[str, Path]):
+    def __init__(
+        self, comfyui: Path, workdir: Path, model_folders: dict[str, Path], max_file_bytes: Optional[int] = None
+    ):
         # latent2rgb previews need no model file, so the sampler's previews can be checked.
-        super().__init__(comfyui, workdir, model_folders, extra_args=("--preview-method", "latent2rgb"))
+        super().__init__(
+            comfyui, workdir, model_folders, extra_args=("--preview-method", "latent2rgb"), max_file_bytes=max_file_bytes
+        )
         self.client_id = uuid.uuid4().hex
 
     def post_json(self, route: str, payload: dict) -> tuple[int, dict]:
@@ -228,12 +219,39 @@ class PackServer(ComfyUIServer):
     def run(self, workflow: dict, timeout: float = 600) -> dict:
         return self.wait_for(self.queue(workflow), timeout)
 
+    def run_ok(self, workflow: dict, timeout: float = 600) -> dict:
+        history = self.run(workflow, timeout)
+        assert history["status"]["status_str"] == "success", error_message(history)
+        return history
+
+    def saved_latent(self, history: dict, node_id: str) -> torch.Tensor:
+        """What a core Save Latent node wrote."""
+        from safetensors.torch import load_file
+
+        item = history["outputs"][node_id]["latents"][0]
+        return load_file(str(self.workdir / "output" / item["subfolder"] / item["filename"]))["latent_tensor"]
+
+    def saved_images(self, history: dict, node_id: str) -> np.ndarray:
+        """What a core Save Image node wrote, as int16 (F, H, W, 3) so differences do not wrap."""
+        from PIL import Image
+
+        items = history["outputs"][node_id]["images"]
+        paths = [self.workdir / "output" / item["subfolder"] / item["filename"] for item in items]
+        return np.stack([np.asarray(Image.open(path), dtype=np.int16) for path in paths])
+
     def output_files(self, history: dict) -> list[Path]:
         files = []
         for output in history["outputs"].values():
             for item in output.get("images", []):
                 files.append(self.workdir / "output" / item.get("subfolder", "") / item["filename"])
         return files
+
+
+def with_input(workflow: dict, class_type: str, **inputs) -> dict:
+    """The workflow with these inputs set on every node of that type."""
+    for node_id in nodes_of_type(workflow, class_type):
+        workflow[node_id]["inputs"].update(inputs)
+    return workflow
 
 
 def error_message(history: dict) -> str:

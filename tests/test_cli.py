@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from tests.golden import REPO_ROOT
-from tests.media_helpers import media
+from tests.media_helpers import media, write_driving_clip
 from xportrait2_core.cli import main as cli
 from xportrait2_core.images import load_image, save_image
 from xportrait2_core.video_io import iter_frames, probe_video
@@ -39,27 +39,6 @@ def run_cli(*args: str) -> tuple[int, str]:
         [sys.executable, "-m", "xportrait2_core.cli", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900
     )
     return process.returncode, process.stdout + process.stderr
-
-
-def clip_with_audio(source: Path, target: Path, frames: int) -> None:
-    """The first frames of a real driving video with a 440 Hz tone as its audio track."""
-    info = probe_video(source)
-    with av.open(str(target), "w") as container:
-        video = container.add_stream("libx264", rate=info.fps)
-        video.width, video.height, video.pix_fmt = info.width, info.height, "yuv420p"
-        audio = container.add_stream("aac", rate=44100)
-        audio.layout = "mono"
-        for index, pixels in enumerate(iter_frames(source, max_frames=frames)):
-            frame = av.VideoFrame.from_ndarray(pixels.numpy(), format="rgb24")
-            frame.pts = index
-            container.mux(video.encode(frame))
-        container.mux(video.encode())
-        times = np.arange(int(44100 * frames / info.fps)) / 44100
-        samples = av.AudioFrame.from_ndarray((0.3 * np.sin(2 * np.pi * 440 * times)).astype(np.float32)[None],
-                                             format="flt", layout="mono")
-        samples.sample_rate, samples.pts = 44100, 0
-        container.mux(audio.encode(samples))
-        container.mux(audio.encode())
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -84,7 +63,7 @@ def test_animate_whole_picture_at_the_driving_frame_rate(weights, tmp_path):
 
 def test_animate_crop_only_keeps_audio(weights, tmp_path):
     driving = tmp_path / "with_audio.mp4"
-    clip_with_audio(media("driving_230f.mp4"), driving, frames=10)
+    write_driving_clip(driving, 10, source=media("driving_230f.mp4"), tone=True)
     out = tmp_path / "crop.mp4"
     assert cli(["animate", str(media("cartoon_ref.png")), str(driving), "-o", str(out), "--weights", str(weights),
                 "--no-paste-back", "--context-frames", "6", "--context-overlap", "2", *FAST]) == 0

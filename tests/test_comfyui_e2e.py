@@ -36,6 +36,7 @@ from tests.nodes_support import (
     error_message,
     nodes_of_type,
     video_frames,
+    with_input,
     write_inputs,
     xp2_models_fixture,  # noqa: F401 (pytest fixture "xp2_models")
 )
@@ -44,12 +45,14 @@ from xportrait2_core import checkpoint
 PHOTO_TO_VIDEO = "xportrait2_photo_to_video"
 UPSCALE_PASTE_BACK = "xportrait2_upscale_paste_back"
 ADVANCED_SAMPLER = "xportrait2_advanced_sampler"
-SHIPPED = (PHOTO_TO_VIDEO, UPSCALE_PASTE_BACK, ADVANCED_SAMPLER)
+LONG_TAKE = "xportrait2_long_take"  # run by test_comfyui_long_take.py
+SHIPPED = (PHOTO_TO_VIDEO, UPSCALE_PASTE_BACK, ADVANCED_SAMPLER, LONG_TAKE)
 WRONG_NETWORK = "wrong_network"
 PACK_NODES = {
     "XPortrait2Loader", "XPortrait2SourceFaceCrop", "XPortrait2DrivingFaceTrack", "XPortrait2MotionEncode",
     "XPortrait2MotionLatents", "XPortrait2ReferenceAppearance", "XPortrait2Sampler", "XPortrait2SamplerAdvanced",
     "XPortrait2Scheduler", "XPortrait2LoadTemporalVAE", "XPortrait2TemporalDecode", "XPortrait2PasteBack",
+    "XPortrait2DrivingVideoTrack", "XPortrait2MotionEncodeVideo", "XPortrait2DecodeToVideo",
 }
 MEASUREMENTS: dict[str, object] = {}
 
@@ -95,12 +98,6 @@ def _comfy_cli() -> str:
     return comfy
 
 
-def _run_ok(server: PackServer, workflow: dict) -> dict:
-    history = server.run(workflow)
-    assert history["status"]["status_str"] == "success", error_message(history)
-    return history
-
-
 def _video_of(server: PackServer, history: dict) -> np.ndarray:
     files = [f for f in server.output_files(history) if f.suffix == ".mp4"]
     assert len(files) == 1, history["outputs"]
@@ -138,7 +135,7 @@ def test_ui_workflow_converts_to_its_api_twin(server, name):
 
 def test_photo_to_video_workflow_writes_mp4(server):
     started = time.monotonic()
-    history = _run_ok(server, api_workflow(PHOTO_TO_VIDEO, seed=1))
+    history = server.run_ok(api_workflow(PHOTO_TO_VIDEO, seed=1))
     MEASUREMENTS["photo_to_video_first_run_s"] = round(time.monotonic() - started, 1)
     MEASUREMENTS["peak_rss_after_first_run_mb"] = round(_peak_rss_mb(server))
     frames = _video_of(server, history)
@@ -148,7 +145,7 @@ def test_photo_to_video_workflow_writes_mp4(server):
 
 def test_upscale_and_paste_back_workflow_gives_full_resolution(server):
     started = time.monotonic()
-    history = _run_ok(server, api_workflow(UPSCALE_PASTE_BACK, seed=1))
+    history = server.run_ok(api_workflow(UPSCALE_PASTE_BACK, seed=1))
     MEASUREMENTS["upscale_paste_back_s"] = round(time.monotonic() - started, 1)
     frames = _video_of(server, history)
     photo = server.workdir / "input" / "photo_ref.png"
@@ -169,22 +166,13 @@ def _with_raw_outputs(workflow: dict) -> dict:
 
 
 def _raw_outputs(server: PackServer, history: dict) -> tuple:
-    from PIL import Image
-    from safetensors.torch import load_file
-
-    latent_info = history["outputs"]["900"]["latents"][0]
-    latent = load_file(str(server.workdir / "output" / latent_info["subfolder"] / latent_info["filename"]))
-    frames = [
-        np.asarray(Image.open(server.workdir / "output" / item["subfolder"] / item["filename"]), dtype=np.int16)
-        for item in history["outputs"]["901"]["images"]
-    ]
-    return latent["latent_tensor"], np.stack(frames)
+    return server.saved_latent(history, "900"), server.saved_images(history, "901")
 
 
 def test_advanced_sampler_workflow_equals_basic_defaults(server):
-    basic_latent, basic_frames = _raw_outputs(server, _run_ok(server, _with_raw_outputs(api_workflow(PHOTO_TO_VIDEO, seed=2))))
+    basic_latent, basic_frames = _raw_outputs(server, server.run_ok(_with_raw_outputs(api_workflow(PHOTO_TO_VIDEO, seed=2))))
     started = time.monotonic()
-    history = _run_ok(server, _with_raw_outputs(api_workflow(ADVANCED_SAMPLER, seed=2)))
+    history = server.run_ok(_with_raw_outputs(api_workflow(ADVANCED_SAMPLER, seed=2)))
     MEASUREMENTS["advanced_sampler_s"] = round(time.monotonic() - started, 1)
     advanced_latent, advanced_frames = _raw_outputs(server, history)
     assert _video_of(server, history).shape == (TEST_FRAMES, TEST_SIZE, TEST_SIZE, 3)
@@ -194,9 +182,9 @@ def test_advanced_sampler_workflow_equals_basic_defaults(server):
 
 
 def test_same_seed_same_frames(server):
-    first = _raw_outputs(server, _run_ok(server, _with_raw_outputs(api_workflow(PHOTO_TO_VIDEO, seed=21))))
-    other = _raw_outputs(server, _run_ok(server, _with_raw_outputs(api_workflow(PHOTO_TO_VIDEO, seed=22))))
-    again = _raw_outputs(server, _run_ok(server, _with_raw_outputs(api_workflow(PHOTO_TO_VIDEO, seed=21))))
+    first = _raw_outputs(server, server.run_ok(_with_raw_outputs(api_workflow(PHOTO_TO_VIDEO, seed=21))))
+    other = _raw_outputs(server, server.run_ok(_with_raw_outputs(api_workflow(PHOTO_TO_VIDEO, seed=22))))
+    again = _raw_outputs(server, server.run_ok(_with_raw_outputs(api_workflow(PHOTO_TO_VIDEO, seed=21))))
     assert again[0].equal(first[0])  # bit-identical latents
     assert np.array_equal(again[1], first[1])  # and bit-identical frames
     assert not other[0].equal(first[0])
@@ -215,31 +203,25 @@ def test_sampler_sends_latent_previews(server):
     assert all(f[8:10] == b"\xff\xd8" for f in previews)  # JPEG images
 
 
-def _with_input(workflow: dict, class_type: str, **inputs) -> dict:
-    for node_id in nodes_of_type(workflow, class_type):
-        workflow[node_id]["inputs"].update(inputs)
-    return workflow
-
-
 BAD_INPUTS = {
     "no face in the source": (
-        lambda: _with_input(api_workflow(PHOTO_TO_VIDEO), "LoadImage", image=NO_FACE_IMAGE), "no face found"
+        lambda: with_input(api_workflow(PHOTO_TO_VIDEO), "LoadImage", image=NO_FACE_IMAGE), "no face found"
     ),
     "one-frame driving video": (
-        lambda: _with_input(api_workflow(PHOTO_TO_VIDEO), "LoadVideo", file=ONE_FRAME_CLIP), "has 1 frame"
+        lambda: with_input(api_workflow(PHOTO_TO_VIDEO), "LoadVideo", file=ONE_FRAME_CLIP), "has 1 frame"
     ),
     "weights of the wrong network": (
-        lambda: _with_input(
+        lambda: with_input(
             api_workflow(PHOTO_TO_VIDEO), "XPortrait2Loader", denoising_unet=f"{WRONG_NETWORK}/{DENOISER_FILE}"
         ),
         "looks like the denoising UNet",
     ),
     "driving crops where the one source face crop belongs": (
-        lambda: _with_input(api_workflow(PHOTO_TO_VIDEO), "XPortrait2MotionEncode", source_face=["5", 0]),
+        lambda: with_input(api_workflow(PHOTO_TO_VIDEO), "XPortrait2MotionEncode", source_face=["5", 0]),
         "source_face must be the one face crop",
     ),
     "neutral frame beyond the driving frames": (
-        lambda: _with_input(
+        lambda: with_input(
             api_workflow(PHOTO_TO_VIDEO), "XPortrait2MotionLatents", relative_to_neutral=True, neutral_frame=50
         ),
         "outside the 10 driving frames",
@@ -254,7 +236,7 @@ def test_bad_input_fails_the_prompt_clearly_and_the_server_goes_on(server):
         assert expected in error_message(history), case
         assert server.process.poll() is None, case
     # The next prompt succeeds (a new seed, so it really runs).
-    _run_ok(server, api_workflow(PHOTO_TO_VIDEO, seed=100))
+    server.run_ok(api_workflow(PHOTO_TO_VIDEO, seed=100))
 
 
 def test_cancel_during_sampling_stops_within_one_model_call(server):
@@ -287,15 +269,15 @@ def test_cancel_during_sampling_stops_within_one_model_call(server):
     MEASUREMENTS["model_calls_after_cancel"] = calls_after_cancel
     # At most the model call in flight when the interrupt arrived completes.
     assert calls_after_cancel <= 1 and max(ticks) < 200, ticks
-    _run_ok(server, api_workflow(PHOTO_TO_VIDEO, seed=32))
+    server.run_ok(api_workflow(PHOTO_TO_VIDEO, seed=32))
 
 
 def test_ten_prompts_keep_memory_flat(server):
     rss = []
     started = time.monotonic()
     for seed in range(10):
-        workflow = _with_input(api_workflow(PHOTO_TO_VIDEO, seed=1000 + seed), "LoadVideo", file=SHORT_CLIP)
-        _run_ok(server, workflow)
+        workflow = with_input(api_workflow(PHOTO_TO_VIDEO, seed=1000 + seed), "LoadVideo", file=SHORT_CLIP)
+        server.run_ok(workflow)
         rss.append(_rss_mb(server))
     MEASUREMENTS["ten_prompts_s"] = round(time.monotonic() - started, 1)
     MEASUREMENTS["rss_after_each_prompt_mb"] = [round(r) for r in rss]
