@@ -95,6 +95,8 @@ def test_ctrl_c_leaves_no_file(weights, tmp_path):
          str(media("driving_60f.mp4")), "-o", str(out), "--weights", str(weights), "--size", "128",
          "--max-frames", "8", "--steps", "30", "--offline"],
         cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True,
+        # A terminal delivers Ctrl-C; a shell's background job would have SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     seen = ""
     deadline = time.monotonic() + 600
