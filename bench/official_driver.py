@@ -168,6 +168,12 @@ class GivenImageEncoder(torch.nn.Module):
     def dtype(self):
         return self.embeds.dtype
 
+    # The pipeline takes its device from whichever module its set of names yields first (the
+    # order changes with the string hash seed), so this one must answer too.
+    @property
+    def device(self):
+        return self.embeds.device
+
     def forward(self, pixel_values):
         return SimpleNamespace(image_embeds=self.embeds.clone())
 

@@ -44,6 +44,13 @@ class Attention(nn.Module):
         context = x if context is None else context
         return self.attend(self.to_q(x), self.to_k(context), self.to_v(context))
 
+    def add_to(self, x: torch.Tensor, normed: torch.Tensor, **kwargs) -> torch.Tensor:
+        """The residual ``x += self(normed, **kwargs)``, in place on contiguous ``x``. The output
+        may split an axis of ``x`` (the temporal attention returns frames and pixels apart)."""
+        out = self(normed, **kwargs)
+        x.view(out.shape).add_(out)
+        return x
+
 
 class GEGLU(nn.Module):
     def __init__(self, dim_in: int, dim_out: int, layers: LayerFactory):
@@ -51,8 +58,18 @@ class GEGLU(nn.Module):
         self.proj = layers.linear(dim_in, dim_out * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        value, gate = self.proj(x).chunk(2, dim=-1)
-        return value * F.gelu(gate)
+        # The product is written into the value half of the projection: one (tokens, dim_out)
+        # tensor fewer to allocate and fill, and the next linear reads the strided half as is.
+        projected = self.proj(x)
+        half = projected.shape[-1] // 2
+        return projected[..., :half].mul_(F.gelu(projected[..., half:]))
+
+
+# On the CPU the residual feed-forward runs over blocks of this many token rows: the block's
+# (rows, 8 * dim) projection stays in cache and its memory is reused, where a whole-map one would
+# be freshly mapped (page faults) at every call and cost as much as the matmul. Other devices
+# run it in one piece (fewest kernel launches).
+CPU_ROW_BLOCK = 4096
 
 
 class FeedForward(nn.Module):
@@ -66,4 +83,13 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.net:
             x = layer(x)
+        return x
+
+    def add_to(self, x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+        """The pre-norm residual ``x += self(norm(x))``, in place on contiguous tokens ``x``."""
+        rows = x.view(-1, x.shape[-1])
+        block = CPU_ROW_BLOCK if x.device.type == "cpu" else max(len(rows), 1)
+        for start in range(0, len(rows), block):
+            part = rows[start : start + block]
+            part += self(norm(part))
         return x

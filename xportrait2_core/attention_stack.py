@@ -29,9 +29,10 @@ class AttentionStack(nn.Module):
         self.ff_norm = layers.layer_norm(dim)
 
     def forward(self, x: torch.Tensor, **attention_kwargs) -> torch.Tensor:
+        """``x``: contiguous tokens that the caller owns; the residuals are added to it in place."""
         for attention, norm in zip(self.attention_blocks, self.norms):
-            x = x + attention(norm(x), **attention_kwargs)
-        return x + self.ff(self.ff_norm(x))
+            attention.add_to(x, norm(x), **attention_kwargs)
+        return self.ff.add_to(x, self.ff_norm)
 
 
 def sincos_table(positions: torch.Tensor, dim: int, interleaved: bool) -> torch.Tensor:
@@ -45,7 +46,6 @@ def sincos_table(positions: torch.Tensor, dim: int, interleaved: bool) -> torch.
     if interleaved:
         return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)
     return torch.cat([angles.sin(), angles.cos()], dim=1)
-
 
 
 class TokenMapTransformer(nn.Module):
@@ -62,8 +62,9 @@ class TokenMapTransformer(nn.Module):
         self.proj_out = layers.linear(channels, channels)
 
     def forward(self, x: torch.Tensor, **attention_kwargs) -> torch.Tensor:
+        """Adds to ``x`` in place (the level passes the feature map it owns)."""
         height, width = x.shape[-2:]
         tokens = self.proj_in(rearrange(self.norm(x), "n c h w -> n (h w) c"))
         for block in self.transformer_blocks:
             tokens = block(tokens, **attention_kwargs)
-        return x + rearrange(self.proj_out(tokens), "n (h w) c -> n c h w", h=height, w=width)
+        return x.add_(rearrange(self.proj_out(tokens), "n (h w) c -> n c h w", h=height, w=width))

@@ -41,16 +41,19 @@ class ConvBlock(nn.Module):
         if in_channels != out_channels:
             self.downsample = nn.Sequential(
                 layers.batch_norm(in_channels),
-                nn.ReLU(),
+                nn.ReLU(inplace=True),
                 layers.conv2d(in_channels, out_channels, 1, bias=False),
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.conv1(F.relu(self.bn1(x)))
-        b = self.conv2(F.relu(self.bn2(a)))
-        c = self.conv3(F.relu(self.bn3(b)))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return torch.cat([a, b, c], dim=1) + shortcut
+        # ReLUs and the residual go into tensors made here: every new map at 112 or 56 px is a
+        # full memory pass that costs as much as a small convolution.
+        a = self.conv1(F.relu(self.bn1(x), inplace=True))
+        b = self.conv2(F.relu(self.bn2(a), inplace=True))
+        c = self.conv3(F.relu(self.bn3(b), inplace=True))
+        out = torch.cat([a, b, c], dim=1)
+        out += x if self.downsample is None else self.downsample(x)
+        return out
 
 
 class HourGlass(nn.Module):
@@ -74,7 +77,7 @@ class HourGlass(nn.Module):
         else:
             lower = self._modules["b2_plus_1"](lower)
         lower = self._modules[f"b3_{level}"](lower)
-        return upper + F.interpolate(lower, size=upper.shape[-2:], mode="bilinear", align_corners=False)
+        return upper.add_(F.interpolate(lower, size=upper.shape[-2:], mode="bilinear", align_corners=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._level(self.depth, x)
@@ -94,7 +97,10 @@ class PatchEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = rearrange(self.proj(x), "n c h w -> n (h w) c")
-        return (tokens + self.pos_embed).to(tokens.dtype)
+        # The table first: the sum then takes its token-major layout even when the convolution
+        # gave a channel-major map (the strided view first would pass that layout on to the sum,
+        # and every norm and projection after it would copy).
+        return (self.pos_embed + tokens).to(tokens.dtype)
 
 
 class PatchAttention(nn.Module):
@@ -118,13 +124,16 @@ class PatchAttention(nn.Module):
         self.proj_out = layers.linear(self.dim // patch_size**2, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Adds to ``x`` in place (the trunk passes maps it owns)."""
         height, width = x.shape[-2:]
         tokens = self.pos_embed(self.norm(x))
         for block in self.transformer_blocks:
             tokens = block(tokens)
         p = self.patch_size
         pixels = rearrange(tokens, "n (h w) (p q c) -> n h w p q c", h=height // p, p=p, q=p)
-        return x + rearrange(self.proj_out(pixels), "n h w p q c -> n c (h p) (w q)")
+        # Un-patchify by adding through a patch-ordered view of ``x``: no pixel-ordered copy.
+        rearrange(x, "n c (h p) (w q) -> n h w p q c", p=p, q=p).add_(self.proj_out(pixels))
+        return x
 
 
 class FaceTrunk(nn.Module):
@@ -150,14 +159,16 @@ class FaceTrunk(nn.Module):
         self.fc = layers.linear(28 * 28, FEATURE_DIM)
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(crops)))
+        # Channels-last maps all the way: oneDNN convolves them without reordering, and the
+        # patch attentions' token views and un-patchify additions become contiguous.
+        x = F.relu(self.bn1(self.conv1(crops.contiguous(memory_format=torch.channels_last))), inplace=True)
         x = self.att_1(self.conv2(x))
         x = self.conv4(self.conv3(F.max_pool2d(x, 2)))
         x = self.att_2(x)
         x = self.top_m_0(self.m0(x))
         x = self.att_3(self.bn_end0(self.conv_last0(x)))
-        x = F.relu(self.bn5(self.l0(F.relu(x))))
-        x = F.relu(self.conv6(x).flatten(1))
+        x = F.relu(self.bn5(self.l0(F.relu(x, inplace=True))), inplace=True)
+        x = F.relu(self.conv6(x).flatten(1), inplace=True)
         return self.fc(x)
 
 

@@ -22,10 +22,11 @@ class FramePositions(nn.Module):
         self.register_buffer("pe", table.to(device=layers.device, dtype=layers.dtype))
 
     def forward(self, sequences: torch.Tensor) -> torch.Tensor:
-        frames = sequences.shape[1]
+        """``sequences`` (..., f, C), any strides -> a new contiguous tensor with the positions added."""
+        frames = sequences.shape[-2]
         if frames > self.pe.shape[1]:
             raise ValueError(f"a window of {frames} frames exceeds the temporal modules' {self.pe.shape[1]} positions")
-        return sequences + self.pe[:, :frames]
+        return torch.add(sequences, self.pe[:, :frames], out=sequences.new_empty(sequences.shape))
 
 
 class TemporalAttention(Attention):
@@ -34,11 +35,15 @@ class TemporalAttention(Attention):
         self.pos_encoder = FramePositions(channels, max_frames, layers)
 
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
-        """``x``: (B*f, tokens, C) -> attention over the f frames of each (batch, token) pair."""
-        tokens = x.shape[1]
-        sequences = self.pos_encoder(rearrange(x, "(b f) d c -> (b d) f c", f=frames))
-        out = super().forward(sequences)
-        return rearrange(out, "(b d) f c -> (b f) d c", d=tokens)
+        """``x``: (B*f, tokens, C) -> (B, f, tokens, C), attention over the f frames of each
+        (batch, token) pair.
+
+        The frame/pixel transpositions ride on the position addition and on the caller's
+        residual addition (a view is returned): no separate transposed copies."""
+        per_pixel = rearrange(x, "(b f) d c -> b d f c", f=frames)
+        sequences = self.pos_encoder(per_pixel)
+        out = super().forward(sequences.flatten(0, 1))
+        return rearrange(out.view(sequences.shape), "b d f c -> b f d c")
 
 
 class TemporalModule(nn.Module):

@@ -72,11 +72,13 @@ class ResnetBlock(nn.Module):
         self.conv_shortcut = layers.conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor, batch: FrameBatch) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.time_emb_proj(F.silu(batch.time_embedding))[:, :, None, None]
-        h = self.conv2(F.silu(self.norm2(h)))
-        shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
-        return shortcut + h
+        # Activations and additions land in tensors this block has just made: feature maps are
+        # the largest tensors of the network, and each new one is a full extra memory pass.
+        h = self.conv1(F.silu(self.norm1(x), inplace=True))
+        h += self.time_emb_proj(F.silu(batch.time_embedding))[:, :, None, None]
+        h = self.conv2(F.silu(self.norm2(h), inplace=True))
+        h += x if self.conv_shortcut is None else self.conv_shortcut(x)
+        return h
 
 
 class Downsample(nn.Module):
@@ -113,24 +115,26 @@ class TransformerBlock(nn.Module):
         self.bank_key = ""  # module path, set by the UNet; pairs writer and reader blocks
 
     def forward(self, x: torch.Tensor, batch: FrameBatch) -> torch.Tensor:
+        """``x``: (N, tokens, C), contiguous; the residuals are added to it in place."""
         normed = self.norm1(x)
         reference = batch.reference
         if isinstance(reference, BankRecorder):
             reference.record(self.bank_key, normed)
-            x = x + self.attn1(normed)
+            x += self.attn1(normed)
         elif isinstance(reference, ReferenceRead):
             keys_values = reference.keys_values.by_block[self.bank_key]
-            x = x + self_attention_with_reference(self.attn1, normed, batch.frames, keys_values, reference.rows)
+            x += self_attention_with_reference(self.attn1, normed, batch.frames, keys_values, reference.rows)
         else:
-            x = x + self.attn1(normed)
-        x = x + self._image_cross_attention(self.norm2(x), batch.image_context)
-        return x + self.ff(self.norm3(x))
+            x += self.attn1(normed)
+        x += self._image_cross_attention(x, batch.image_context)
+        return self.ff.add_to(x, self.norm3)
 
-    def _image_cross_attention(self, normed: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def _image_cross_attention(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         if context.shape[1] == 1:
-            # One key token: its softmax weight is exactly 1, so every query gets its value.
-            return self.attn2.to_out[0](self.attn2.to_v(context)).expand_as(normed)
-        return self.attn2(normed, context)
+            # One key token: its softmax weight is exactly 1, so every query gets its value
+            # (N, 1, C), whatever ``norm2(x)`` is.
+            return self.attn2.to_out[0](self.attn2.to_v(context))
+        return self.attn2(self.norm2(x), context)
 
 
 class SpatialTransformer(nn.Module):
@@ -146,11 +150,14 @@ class SpatialTransformer(nn.Module):
         self.proj_out = layers.conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor, batch: FrameBatch) -> torch.Tensor:
+        """Adds to ``x`` in place (the level passes the feature map it owns)."""
         height, width = x.shape[-2:]
-        tokens = rearrange(self.proj_in(self.norm(x)), "n c h w -> n (h w) c")
+        # One copy into token order, so that the blocks' norms and in-place residuals work on
+        # contiguous rows (a strided token view would be copied by every norm).
+        tokens = rearrange(self.proj_in(self.norm(x)), "n c h w -> n (h w) c").contiguous()
         for block in self.transformer_blocks:
             tokens = block(tokens, batch)
-        return x + self.proj_out(rearrange(tokens, "n (h w) c -> n c h w", h=height, w=width))
+        return x.add_(self.proj_out(rearrange(tokens, "n (h w) c -> n c h w", h=height, w=width)))
 
 
 class UNetLevel(nn.Module):
@@ -185,6 +192,7 @@ class UNetLevel(nn.Module):
         return self.after_resnet(index, x, batch)
 
     def after_resnet(self, index: int, x: torch.Tensor, batch: FrameBatch) -> torch.Tensor:
+        # ``x`` is the resnet's own output: the modules add their residuals to it in place.
         if hasattr(self, "attentions"):
             x = self.attentions[index](x, batch)
         if hasattr(self, "motion_modules"):
