@@ -1,6 +1,6 @@
 """The ComfyUI adapter: one small module per stage, thin declarative V3 nodes over ``xportrait2_core``."""
 
-from comfy_api.latest import ComfyExtension, io
+from comfy_api.v0_0_2 import ComfyExtension, io
 
 from . import comfy_adapter
 from .decode import XPortrait2DecodeToVideo, XPortrait2LoadTemporalVAE, XPortrait2TemporalDecode

@@ -27,7 +27,7 @@ import folder_paths
 import latent_preview
 import torch
 from comfy.ldm.modules.attention import optimized_attention
-from comfy_api.latest import InputImpl
+from comfy_api.v0_0_2 import InputImpl
 
 from ..xportrait2_core import checkpoint
 from ..xportrait2_core.context import context_windows, window_offsets
@@ -129,7 +129,11 @@ class XNemoBundle:
 
 
 def _patcher(network: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
-    return comfy.model_patcher.ModelPatcher(
+    # ComfyUI >= 0.4 swaps CoreModelPatcher for its dynamic-VRAM patcher at start-up (on a GPU
+    # with comfy-aimdo); it is looked up per call so the swap is seen. Older ComfyUIs have only
+    # ModelPatcher.
+    patcher_class = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+    return patcher_class(
         network, load_device=model_management.get_torch_device(), offload_device=model_management.unet_offload_device()
     )
 
@@ -297,7 +301,8 @@ class WindowedGuider:
         self.model_patcher = patcher
         self.inner_model = patcher.model
         self.conditioning = conditioning
-        self.guidance = guidance
+        # Named as on ComfyUI's CFGGuider: ComfyUI >= 0.33 reads `cfg` of any guider it samples with.
+        self.cfg = guidance
         self.context_frames = context_frames
         self.context_overlap = context_overlap
         self.offsets = torch.Generator("cpu").manual_seed(seed)
@@ -318,7 +323,7 @@ class WindowedGuider:
         model_input = model_sampling.calculate_input(sigma, x).to(weight.dtype)
         # ComfyUI keeps frames as the batch (F, 4, h, w); the engine as (1, 4, F, h, w).
         eps = predict_noise(
-            unet, model_input.transpose(0, 1).unsqueeze(0), timestep, self.conditioning, windows, self.guidance, self.tick
+            unet, model_input.transpose(0, 1).unsqueeze(0), timestep, self.conditioning, windows, self.cfg, self.tick
         )
         return model_sampling.calculate_denoised(sigma, eps[0].transpose(0, 1).to(x.dtype), x)
 

@@ -5,7 +5,7 @@ VAE in the diffusers layout the official weights folder holds."""
 from __future__ import annotations
 
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..xportrait2_core.driving_take import PasteBack, write_animation
 from ..xportrait2_core.pipeline import DECODE_CHUNK

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..xportrait2_core.driving_take import READ_CHUNK, DrivingTake, track_take
 from ..xportrait2_core.faces import crop_driving_frames, plan_driving_crops, track_face

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..xportrait2_core.driving_take import counted, motion_crops
 from ..xportrait2_core.motion_stages import FEATURE_BATCH, encode_features

@@ -3,7 +3,7 @@ to, the negative (source-face) tokens, and the artist controls (defaults = offic
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..xportrait2_core.motion_stages import MotionControls, identity_filtered_tokens
 from . import comfy_adapter

@@ -4,7 +4,7 @@ the source picture."""
 from __future__ import annotations
 
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..xportrait2_core.faces import paste_back
 from . import comfy_adapter

@@ -4,7 +4,7 @@ embedding and the reference-attention keys/values, computed once per source."""
 from __future__ import annotations
 
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..xportrait2_core.pipeline import XPortrait2Pipeline
 from . import comfy_adapter

@@ -5,7 +5,7 @@ inputs like core SamplerCustom) variants, and a scheduler node for the advanced 
 from __future__ import annotations
 
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..xportrait2_core.sampling import Conditioning, SamplingSettings
 from . import comfy_adapter

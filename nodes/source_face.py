@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..xportrait2_core.faces import (
     REFERENCE_IMAGE_SIZE,

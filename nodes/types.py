@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..xportrait2_core.driving_take import DrivingTake
 from ..xportrait2_core.faces import DrivingCropPlan, SourcePortrait
