@@ -24,14 +24,14 @@ import torch.nn.functional as F
 import yaml
 from safetensors.torch import save_file
 
-from xportrait2_core import checkpoint
-from xportrait2_core.config import OFFICIAL_ADDITIONAL_KWARGS, UNetConfig
-from xportrait2_core.context import context_windows
-from xportrait2_core.motion_encoder import MotionEncoder
-from xportrait2_core.operations import LayerFactory, skip_init_operations
+from xportrait2_core.context_windows import context_windows
+from xportrait2_core.models.config import OFFICIAL_ADDITIONAL_KWARGS, UNetConfig
+from xportrait2_core.models.motion_encoder import MotionEncoder
+from xportrait2_core.models.operations import LayerFactory, skip_init_operations
+from xportrait2_core.models.reference_unet import ReferenceUNet
+from xportrait2_core.models.unet3d import DenoisingUNet3D
 from xportrait2_core.pipeline import seeded_noise, seeded_offsets
-from xportrait2_core.reference_unet import ReferenceUNet
-from xportrait2_core.unet3d import DenoisingUNet3D
+from xportrait2_core.weights import checkpoint
 
 CROP = 224
 INPUTS_FILE = "inputs.safetensors"

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from xportrait2_core.config import UNetConfig
-from xportrait2_core.context import context_windows
-from xportrait2_core.motion_encoder import MotionEncoder
-from xportrait2_core.operations import LayerFactory, skip_init_operations
-from xportrait2_core.reference_attention import ReferenceRead, reference_keys_values
-from xportrait2_core.reference_unet import ReferenceUNet
-from xportrait2_core.unet3d import DenoisingUNet3D
+from xportrait2_core.context_windows import context_windows
+from xportrait2_core.models.config import UNetConfig
+from xportrait2_core.models.motion_encoder import MotionEncoder
+from xportrait2_core.models.operations import LayerFactory, skip_init_operations
+from xportrait2_core.models.reference_attention import ReferenceRead, reference_keys_values
+from xportrait2_core.models.reference_unet import ReferenceUNet
+from xportrait2_core.models.unet3d import DenoisingUNet3D
 
 H100_DENSE_BF16 = 990e12  # FLOP/s, H100 SXM dense bf16 tensor-core peak
 SVD_VAE_CONFIG = {

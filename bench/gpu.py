@@ -38,16 +38,12 @@ import fixture
 import torch
 from ours import OursBench
 
-from xportrait2_core.config import (
-    OFFICIAL_ADDITIONAL_KWARGS,
-    SchedulerConfig,
-    UNetConfig,
-)
-from xportrait2_core.models import XNemoModels
-from xportrait2_core.motion_encoder import MotionEncoder
-from xportrait2_core.operations import LayerFactory, skip_init_operations
-from xportrait2_core.reference_unet import ReferenceUNet
-from xportrait2_core.unet3d import DenoisingUNet3D
+from xportrait2_core.models.config import OFFICIAL_ADDITIONAL_KWARGS, SchedulerConfig, UNetConfig
+from xportrait2_core.models.motion_encoder import MotionEncoder
+from xportrait2_core.models.operations import LayerFactory, skip_init_operations
+from xportrait2_core.models.reference_unet import ReferenceUNet
+from xportrait2_core.models.unet3d import DenoisingUNet3D
+from xportrait2_core.weights.loading import XNemoModels
 
 OFFICIAL_STEPS = 35
 OUR_CALL_FLOPS = 66.79e12  # one guidance call at 512x512, 24 frames (bench/flops.py)

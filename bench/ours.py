@@ -16,10 +16,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from xportrait2_core import scheduler
-from xportrait2_core.models import XNemoModels, load_models
+from xportrait2_core.models.reference_attention import ReferenceRead
 from xportrait2_core.pipeline import XPortrait2Pipeline
-from xportrait2_core.reference_attention import ReferenceRead
 from xportrait2_core.sampling import SamplingSettings
+from xportrait2_core.weights.loading import XNemoModels, load_models
 
 
 class OursBench:

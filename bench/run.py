@@ -45,7 +45,7 @@ from official_driver import REPLY_PREFIX
 from ours import OursBench
 from safetensors.torch import load_file
 
-from xportrait2_core.config import OFFICIAL_ADDITIONAL_KWARGS, UNetConfig
+from xportrait2_core.models.config import OFFICIAL_ADDITIONAL_KWARGS, UNetConfig
 
 SETUP_HINT = "see bench/README.md, 'The official side', for the setup"
 

@@ -29,15 +29,15 @@ import torch
 from comfy.ldm.modules.attention import optimized_attention
 from comfy_api.v0_0_2 import InputImpl
 
-from ..xportrait2_core import checkpoint
-from ..xportrait2_core.context import context_windows, window_offsets
-from ..xportrait2_core.faces import FaceDetectorRunner, find_yunet_weights
-from ..xportrait2_core.models import XNemoModels, load_models
-from ..xportrait2_core.operations import LayerFactory
+from ..xportrait2_core.context_windows import context_windows, window_offsets
+from ..xportrait2_core.media.face_detector import FaceDetectorRunner, find_yunet_weights
+from ..xportrait2_core.models.operations import LayerFactory
 from ..xportrait2_core.pipeline import seeded_noise
 from ..xportrait2_core.sampling import Conditioning, gaussian_blur, predict_noise
 from ..xportrait2_core.scheduler import ddim_timesteps
-from ..xportrait2_core.svd_vae_keys import diffusers_to_sgm, is_diffusers_temporal_vae
+from ..xportrait2_core.weights import checkpoint
+from ..xportrait2_core.weights.loading import XNemoModels, load_models
+from ..xportrait2_core.weights.svd_vae_keys import diffusers_to_sgm, is_diffusers_temporal_vae
 
 MODEL_FOLDER = "xportrait2"
 OFFICIAL_SCHEDULER = "xnemo_ddim"

@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..xportrait2_core.driving_take import PasteBack, write_animation
+from ..xportrait2_core.media.paste_back import PasteBack, write_animation
+from ..xportrait2_core.media.video_writer import VideoWriter
 from ..xportrait2_core.pipeline import DECODE_CHUNK
-from ..xportrait2_core.video_io import VideoWriter
 from . import comfy_adapter
 from .types import CATEGORY, DrivingVideo, SourceFace, XP2DrivingVideo, XP2Source, images_to_engine
 

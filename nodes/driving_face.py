@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..xportrait2_core.driving_take import READ_CHUNK, DrivingTake, track_take
-from ..xportrait2_core.faces import crop_driving_frames, plan_driving_crops, track_face
+from ..xportrait2_core.media.driving_take import READ_CHUNK, DrivingTake, track_take
+from ..xportrait2_core.media.face_track import crop_driving_frames, plan_driving_crops, track_face
 from . import comfy_adapter
 from .types import CATEGORY, DrivingTrack, DrivingVideo, XP2DrivingTrack, XP2DrivingVideo, engine_to_images
 

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..xportrait2_core.driving_take import counted, motion_crops
-from ..xportrait2_core.motion_stages import FEATURE_BATCH, encode_features
+from ..xportrait2_core.identity_filtered_motion import FEATURE_BATCH, encode_features
+from ..xportrait2_core.media.driving_take import counted, motion_crops
 from . import comfy_adapter
 from .types import (
     CATEGORY,

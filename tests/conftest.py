@@ -7,7 +7,7 @@ import torch
 
 from tests.comfyui_server import HOW_TO_PROVIDE, find_comfyui
 from tests.golden import PARITY_RESULTS, GoldenFixture, fixture_dirs
-from xportrait2_core.models import load_models
+from xportrait2_core.weights.loading import load_models
 
 torch.set_num_threads(2)
 

@@ -4,7 +4,7 @@ HTTP/WebSocket calls the end-to-end tests need.
 
 Models (all random, written once per session):
 
-* tiny X-NeMo networks in the official layout (``xportrait2_core.tiny_weights``) with a
+* tiny X-NeMo networks in the official layout (``xportrait2_core.testing.tiny_weights``) with a
   768-wide image context, so that they fit a real CLIP ViT-L/14 embedding;
 * a full-size random CLIP ViT-L/14 vision tower in fp16 (transformers naming, which ComfyUI's
   core CLIP vision loader detects as ViT-L; a smaller model is not detected);
@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from tests.comfyui_server import ComfyUIServer
 from tests.golden import REPO_ROOT, SHARED
 from tests.media_helpers import write_driving_clip
-from xportrait2_core import tiny_weights
+from xportrait2_core.testing import tiny_weights
 
 MEDIA = SHARED / "media"
 WORKFLOWS = REPO_ROOT / "workflows"

@@ -11,14 +11,14 @@ import torch
 from safetensors.torch import save_file
 
 from tests.golden import GOLDEN_ROOT
-from xportrait2_core import checkpoint
-from xportrait2_core.checkpoint import CheckpointError, read_state_dict
 from xportrait2_core.cli import main as cli
-from xportrait2_core.config import UNetConfig
-from xportrait2_core.models import load_models
-from xportrait2_core.motion_encoder import MotionEncoder
-from xportrait2_core.reference_unet import ReferenceUNet
-from xportrait2_core.unet3d import DenoisingUNet3D
+from xportrait2_core.models.config import UNetConfig
+from xportrait2_core.models.motion_encoder import MotionEncoder
+from xportrait2_core.models.reference_unet import ReferenceUNet
+from xportrait2_core.models.unet3d import DenoisingUNet3D
+from xportrait2_core.weights import checkpoint
+from xportrait2_core.weights.checkpoint import CheckpointError, read_state_dict
+from xportrait2_core.weights.loading import load_models
 
 SMALL_FILES = (checkpoint.DENOISER, checkpoint.TEMPORAL, checkpoint.REFERENCE)
 

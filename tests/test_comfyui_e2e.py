@@ -40,7 +40,7 @@ from tests.nodes_support import (
     write_inputs,
     xp2_models_fixture,  # noqa: F401 (pytest fixture "xp2_models")
 )
-from xportrait2_core import checkpoint
+from xportrait2_core.weights import checkpoint
 
 PHOTO_TO_VIDEO = "xportrait2_photo_to_video"
 UPSCALE_PASTE_BACK = "xportrait2_upscale_paste_back"

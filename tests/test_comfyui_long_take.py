@@ -36,7 +36,7 @@ from tests.nodes_support import (
     write_inputs,
     xp2_models_fixture,  # noqa: F401 (pytest fixture "xp2_models")
 )
-from xportrait2_core.video_io import VideoWriter
+from xportrait2_core.media.video_writer import VideoWriter
 
 LONG_TAKE = "xportrait2_long_take"
 PHOTO_TO_VIDEO = "xportrait2_photo_to_video"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xportrait2_core.context import context_windows, window_offsets
+from xportrait2_core.context_windows import context_windows, window_offsets
 from xportrait2_core.pipeline import XPortrait2Pipeline, seeded_noise
 from xportrait2_core.progress import Cancelled
 from xportrait2_core.sampling import SamplingSettings

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from tests.media_helpers import media, write_png_16bit
-from xportrait2_core.images import MediaError, load_image, save_image
+from xportrait2_core.media.images import MediaError, load_image, save_image
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xportrait2_core.motion_stages import MotionControls, apply_controls, encode_features, tokens_from_features
-from xportrait2_core.svd_vae_keys import diffusers_to_sgm, is_diffusers_temporal_vae
+from xportrait2_core.identity_filtered_motion import (
+    MotionControls,
+    apply_controls,
+    encode_features,
+    tokens_from_features,
+)
+from xportrait2_core.weights.svd_vae_keys import diffusers_to_sgm, is_diffusers_temporal_vae
 
 
 def test_features_then_tokens_equal_the_motion_encoder(tiny_models):

@@ -34,10 +34,10 @@ CHILD = textwrap.dedent(
     import folder_paths, comfy.clip_vision
     from xp2pack import nodes
     from xp2pack.nodes import comfy_adapter
-    from xp2pack.xportrait2_core.images import load_image
+    from xp2pack.xportrait2_core.media.images import load_image
     from xp2pack.xportrait2_core.pipeline import VAE_SCALING, XPortrait2Pipeline
     from xp2pack.xportrait2_core.sampling import SamplingSettings
-    from xp2pack.xportrait2_core.video_io import iter_frames
+    from xp2pack.xportrait2_core.media.video_reader import iter_frames
 
     for name in ("xportrait2", "clip_vision", "vae"):
         folder_paths.add_model_folder_path(name, models + "/" + name)

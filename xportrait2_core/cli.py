@@ -13,10 +13,10 @@ from typing import Optional, Sequence
 
 import torch
 
-from .checkpoint import OFFICIAL_FILES, CheckpointError, convert_to_safetensors, read_state_dict
-from .config import ConfigError
-from .images import MediaError
+from .media.images import MediaError
+from .models.config import ConfigError
 from .progress import Cancelled
+from .weights.checkpoint import OFFICIAL_FILES, CheckpointError, convert_to_safetensors, read_state_dict
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "keep": None}
 WEIGHTS_ENV = "XPORTRAIT2_WEIGHTS"
@@ -124,9 +124,9 @@ def animate(args: argparse.Namespace) -> int:
 
 
 def doctor(args: argparse.Namespace) -> int:
-    from . import faces
-    from .checkpoint import find_weight_file
-    from .standalone_models import CLIP_IMAGE_ENCODER, SVD_VAE, PretrainedModelMissing, locate
+    from .media.face_detector import find_yunet_weights
+    from .weights.checkpoint import find_weight_file
+    from .weights.standalone_models import CLIP_IMAGE_ENCODER, SVD_VAE, PretrainedModelMissing, locate
 
     weights = Path(args.weights)
     print(f"python {platform.python_version()} on {platform.platform()}")
@@ -155,7 +155,7 @@ def doctor(args: argparse.Namespace) -> int:
             problems += 1
             print(f"  MISSING  {error}")
     try:
-        print(f"  ok       face detector: {faces.find_yunet_weights(None, [weights])}")
+        print(f"  ok       face detector: {find_yunet_weights(None, [weights])}")
     except CheckpointError as error:
         problems += 1
         print(f"  MISSING  {error}")
@@ -164,7 +164,7 @@ def doctor(args: argparse.Namespace) -> int:
 
 
 def tiny_weights(args: argparse.Namespace) -> int:
-    from .tiny_weights import write_tiny_weights
+    from .testing.tiny_weights import write_tiny_weights
 
     folder = Path(args.folder)
     if folder.exists() and any(folder.iterdir()) and not args.overwrite:

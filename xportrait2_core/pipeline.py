@@ -17,13 +17,13 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .context import window_offsets
-from .models import XNemoModels, load_models
-from .motion_encoder import CROP_SIZE, neutral_boxes
-from .operations import LayerFactory
+from .context_windows import window_offsets
+from .models.motion_encoder import CROP_SIZE, neutral_boxes
+from .models.operations import LayerFactory
+from .models.reference_attention import ReferenceKeysValues, reference_keys_values
 from .progress import ProgressFn, report
-from .reference_attention import ReferenceKeysValues, reference_keys_values
 from .sampling import Conditioning, SamplingSettings, StepCallback, sample_video
+from .weights.loading import XNemoModels, load_models
 
 VAE_SCALING = 0.18215
 DECODE_CHUNK = 25  # frames per SVD-decoder call, as the official pipeline

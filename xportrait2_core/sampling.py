@@ -15,11 +15,11 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from . import scheduler
-from .config import SchedulerConfig
-from .context import context_windows
+from .context_windows import context_windows
+from .models.config import SchedulerConfig
+from .models.reference_attention import ReferenceKeysValues, ReferenceRead
+from .models.unet3d import DenoisingUNet3D
 from .progress import ProgressFn, report
-from .reference_attention import ReferenceKeysValues, ReferenceRead
-from .unet3d import DenoisingUNet3D
 
 BLUR_KERNEL = 9
 BLUR_SIGMA = 18.0

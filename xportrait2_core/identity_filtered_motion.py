@@ -26,8 +26,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .faces import gaussian_smooth
-from .motion_encoder import CROP_SIZE, MotionEncoder, neutral_boxes
+from .media.face_track import gaussian_smooth
+from .models.motion_encoder import CROP_SIZE, MotionEncoder, neutral_boxes
 from .progress import ProgressFn, report
 
 FEATURE_BATCH = 16
