@@ -16,8 +16,8 @@ import sys
 import textwrap
 
 
-from tests.golden import REPO_ROOT
-from tests.nodes_support import CLIP_FILE, DENOISER_FILE, MEDIA, PHOTO, VAE_FILE, xp2_models_fixture  # noqa: F401 (pytest fixture "xp2_models")
+from harness import REPO_ROOT
+from harness.comfyui_pack import CLIP_FILE, DENOISER_FILE, MEDIA, PHOTO, VAE_FILE
 
 CHILD = textwrap.dedent(
     """
