@@ -69,17 +69,12 @@ class XPortrait2Pipeline:
     def dtype(self) -> torch.dtype:
         return self.models.denoiser.conv_in.weight.dtype
 
-    @torch.no_grad()
     def encode_motion(
-        self,
-        faces: torch.Tensor,
-        boxes: Optional[torch.Tensor] = None,
-        batch_size: int = MOTION_BATCH,
+        self, faces: torch.Tensor, boxes: Optional[torch.Tensor] = None, batch_size: int = MOTION_BATCH,
         progress: Optional[ProgressFn] = None,
     ) -> torch.Tensor:
-        """Face crops (N, 3, S, S) in [0, 1] -> motion tokens (N, 32, 16), once per frame.
-
-        ``boxes`` (N, 3) defaults to [0, 0, 1] per frame, as the official script uses."""
+        """:func:`~xportrait2_core.identity_filtered_motion.encode_tokens` with this pipeline's
+        motion encoder: face crops (N, 3, S, S) in [0, 1] -> motion tokens (N, 32, 16)."""
         return encode_tokens(self.models.motion_encoder, faces, boxes, batch_size, progress)
 
     @torch.no_grad()
