@@ -30,8 +30,7 @@ sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
 from memory import looped_driving_video  # noqa: E402
-from tests.comfyui_server import HOW_TO_PROVIDE, find_comfyui  # noqa: E402
-from tests.nodes_support import (  # noqa: E402
+from harness.comfyui_pack import (  # noqa: E402
     MEDIA,
     PHOTO,
     PackServer,
@@ -41,6 +40,7 @@ from tests.nodes_support import (  # noqa: E402
     with_input,
     write_models,
 )
+from harness.comfyui_server import HOW_TO_PROVIDE, find_comfyui  # noqa: E402
 
 
 def image_path_workflow(take: str, size: int, steps: int) -> dict:

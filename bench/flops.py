@@ -8,7 +8,7 @@ multiply-add = 2 FLOPs; element-wise work (norms, softmax, activations, bias add
 * ours: one guidance call per window (batch 2: the unconditional half does plain self-attention,
   the conditional half reads the cached reference keys/values), the motion encoder once per
   frame, the reference UNet once at batch 1 plus the keys/values projection once;
-* official: counted by running the official modules on meta (``official_driver.py flops``):
+* official: counted by running the official modules on meta (``official_flops.py``):
   one guidance call per window (reference attention computed for both halves, then the
   unconditional half redone as plain self-attention), the motion encoder for every frame of
   every window at every step, the reference UNet at batch 2.
@@ -24,13 +24,13 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from xportrait2_core.config import UNetConfig
-from xportrait2_core.context import context_windows
-from xportrait2_core.motion_encoder import MotionEncoder
-from xportrait2_core.operations import LayerFactory, skip_init_operations
-from xportrait2_core.reference_attention import ReferenceRead, reference_keys_values
-from xportrait2_core.reference_unet import ReferenceUNet
-from xportrait2_core.unet3d import DenoisingUNet3D
+from xportrait2_core.context_windows import context_windows
+from xportrait2_core.models.config import UNetConfig
+from xportrait2_core.models.motion_encoder import MotionEncoder
+from xportrait2_core.models.operations import LayerFactory, skip_init_operations
+from xportrait2_core.models.reference_attention import ReferenceRead, reference_keys_values
+from xportrait2_core.models.reference_unet import ReferenceUNet
+from xportrait2_core.models.unet3d import DenoisingUNet3D
 
 H100_DENSE_BF16 = 990e12  # FLOP/s, H100 SXM dense bf16 tensor-core peak
 SVD_VAE_CONFIG = {

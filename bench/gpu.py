@@ -38,16 +38,12 @@ import fixture
 import torch
 from ours import OursBench
 
-from xportrait2_core.config import (
-    OFFICIAL_ADDITIONAL_KWARGS,
-    SchedulerConfig,
-    UNetConfig,
-)
-from xportrait2_core.models import XNemoModels
-from xportrait2_core.motion_encoder import MotionEncoder
-from xportrait2_core.operations import LayerFactory, skip_init_operations
-from xportrait2_core.reference_unet import ReferenceUNet
-from xportrait2_core.unet3d import DenoisingUNet3D
+from xportrait2_core.models.config import OFFICIAL_ADDITIONAL_KWARGS, SchedulerConfig, UNetConfig
+from xportrait2_core.models.motion_encoder import MotionEncoder
+from xportrait2_core.models.operations import LayerFactory, skip_init_operations
+from xportrait2_core.models.reference_unet import ReferenceUNet
+from xportrait2_core.models.unet3d import DenoisingUNet3D
+from xportrait2_core.weights.loading import XNemoModels
 
 OFFICIAL_STEPS = 35
 OUR_CALL_FLOPS = 66.79e12  # one guidance call at 512x512, 24 frames (bench/flops.py)
@@ -224,15 +220,17 @@ def official_side(
     source: Path, our_models: XNemoModels, device, dtype, work: Path
 ) -> tuple[Side, float]:
     """The official networks with our weights (strict loads: the names are the same)."""
-    import official_driver
+    import official_flops
+    import official_import
+    import official_server
 
-    official = official_driver.import_official(source)
+    official = official_import.import_official(source)
     config_2d = {
         k: v
         for k, v in fixture.unet2d_config_json(video_config(24, 1)).items()
         if not k.startswith("_")
     }
-    networks = official_driver.build_official_networks(
+    networks = official_flops.build_official_networks(
         official, source, device, dtype, config_2d=config_2d
     )
     networks.reference_unet.load_state_dict(
@@ -253,7 +251,7 @@ def official_side(
         )
         for p in n.parameters()
     )
-    make = lambda inputs, config: official_driver.OfficialBench(
+    make = lambda inputs, config: official_server.OfficialBench(
         official, networks, inputs, config, work
     )
     return Side("official", make, motion_per_step=True), gib(weights)

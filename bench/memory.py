@@ -22,8 +22,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_MEDIA = REPO_ROOT.parent / "shared" / "media"
 sys.path.insert(0, str(REPO_ROOT))
 
-from xportrait2_core.tiny_weights import write_tiny_weights  # noqa: E402
-from xportrait2_core.video_io import VideoWriter, iter_frames, probe_video  # noqa: E402
+from xportrait2_core.media.video_reader import iter_frames, probe_video  # noqa: E402
+from xportrait2_core.media.video_writer import VideoWriter  # noqa: E402
+from xportrait2_core.testing.tiny_weights import write_tiny_weights  # noqa: E402
 
 
 def looped_driving_video(source: Path, target: Path, frames: int) -> None:

@@ -1,5 +1,5 @@
 """Our engine (``xportrait2_core``) on the benchmark folder, with the same measured operations as
-``official_driver.py`` so that ``run.py`` can put them side by side.
+``official_server.py`` so that ``run.py`` can put them side by side.
 
 Our weights come through our own loader (``load_models``) from the official-layout files; CLIP
 and the VAE encoder are the same stand-ins as on the official side (they return the given
@@ -16,10 +16,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from xportrait2_core import scheduler
-from xportrait2_core.models import XNemoModels, load_models
+from xportrait2_core.models.reference_attention import ReferenceRead
 from xportrait2_core.pipeline import XPortrait2Pipeline
-from xportrait2_core.reference_attention import ReferenceRead
 from xportrait2_core.sampling import SamplingSettings
+from xportrait2_core.weights.loading import XNemoModels, load_models
 
 
 class OursBench:

@@ -15,14 +15,9 @@ from contextlib import contextmanager
 
 from torch.profiler import ProfilerActivity, profile
 
-from xportrait2_core.motion_module import MotionModule
-from xportrait2_core.temporal_module import TemporalModule
-from xportrait2_core.unet_blocks import (
-    Downsample,
-    ResnetBlock,
-    SpatialTransformer,
-    Upsample,
-)
+from xportrait2_core.models.motion_module import MotionModule
+from xportrait2_core.models.temporal_module import TemporalModule
+from xportrait2_core.models.unet_blocks import Downsample, ResnetBlock, SpatialTransformer, Upsample
 
 # The kinds of the denoiser's modules; they never nest inside each other, so the rows add up.
 DENOISER_KINDS = (

@@ -8,8 +8,9 @@ from collections.abc import Iterable
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..xportrait2_core.driving_take import counted, motion_crops
-from ..xportrait2_core.motion_stages import FEATURE_BATCH, encode_features
+from ..xportrait2_core.identity_filtered_motion import encode_features
+from ..xportrait2_core.media.driving_take import counted, motion_crops
+from ..xportrait2_core.models.motion_encoder import MOTION_BATCH
 from . import comfy_adapter
 from .types import (
     CATEGORY,
@@ -62,7 +63,7 @@ class XPortrait2MotionEncode(io.ComfyNode):
     def execute(cls, xnemo_models, driving_faces: torch.Tensor, source_face: torch.Tensor) -> io.NodeOutput:
         count = driving_faces.shape[0]
         progress = comfy_adapter.StepProgress(count)
-        batches = (images_to_engine(driving_faces[i : i + FEATURE_BATCH]) for i in range(0, count, FEATURE_BATCH))
+        batches = (images_to_engine(driving_faces[i : i + MOTION_BATCH]) for i in range(0, count, MOTION_BATCH))
         features = _encode(xnemo_models, counted(batches, "motion", count, progress.engine_callback), source_face)
         return io.NodeOutput(features)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
-from ..xportrait2_core.motion_stages import MotionControls, identity_filtered_tokens
+from ..xportrait2_core.identity_filtered_motion import MotionControls, identity_filtered_tokens
 from . import comfy_adapter
 from .types import CATEGORY, MotionTokens, XP2Models, XP2Motion, XP2MotionFeatures
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..xportrait2_core.faces import paste_back
+from ..xportrait2_core.media.paste_back import paste_back
 from . import comfy_adapter
 from .types import CATEGORY, SourceFace, XP2Source, engine_to_images, images_to_engine
 

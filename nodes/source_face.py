@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..xportrait2_core.faces import (
+from ..xportrait2_core.media.face_detector import detect_face
+from ..xportrait2_core.media.source_crops import (
     REFERENCE_IMAGE_SIZE,
     SourcePortrait,
-    detect_face,
     reference_face_crop,
     reference_image_crop,
 )

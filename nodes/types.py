@@ -11,9 +11,10 @@ from dataclasses import dataclass
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..xportrait2_core.driving_take import DrivingTake
-from ..xportrait2_core.faces import DrivingCropPlan, SourcePortrait
-from ..xportrait2_core.reference_attention import ReferenceKeysValues
+from ..xportrait2_core.media.driving_take import DrivingTake
+from ..xportrait2_core.media.face_track import DrivingCropPlan
+from ..xportrait2_core.media.source_crops import SourcePortrait
+from ..xportrait2_core.models.reference_attention import ReferenceKeysValues
 
 XP2Models = io.Custom("XP2_MODELS")  # comfy_adapter.XNemoBundle
 XP2Source = io.Custom("XP2_SOURCE")  # SourceFace

@@ -21,9 +21,8 @@ import numpy as np
 import psutil
 import pytest
 
-from tests.comfyui_server import PACK_NAME
-from tests.golden import REPO_ROOT
-from tests.nodes_support import (
+from harness import REPO_ROOT
+from harness.comfyui_pack import (
     DENOISER_FILE,
     NO_FACE_IMAGE,
     ONE_FRAME_CLIP,
@@ -38,9 +37,9 @@ from tests.nodes_support import (
     video_frames,
     with_input,
     write_inputs,
-    xp2_models_fixture,  # noqa: F401 (pytest fixture "xp2_models")
 )
-from xportrait2_core import checkpoint
+from harness.comfyui_server import PACK_NAME
+from xportrait2_core.weights import checkpoint
 
 PHOTO_TO_VIDEO = "xportrait2_photo_to_video"
 UPSCALE_PASTE_BACK = "xportrait2_upscale_paste_back"

@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.media_helpers import psnr, write_driving_clip
-from tests.nodes_support import (
+from harness.comfyui_pack import (
     DRIVING_CLIP,
     PHOTO,
     TEST_FRAMES,
@@ -34,9 +33,9 @@ from tests.nodes_support import (
     video_frames,
     with_input,
     write_inputs,
-    xp2_models_fixture,  # noqa: F401 (pytest fixture "xp2_models")
 )
-from xportrait2_core.video_io import VideoWriter
+from harness.media import psnr, write_driving_clip
+from xportrait2_core.media.video_writer import VideoWriter
 
 LONG_TAKE = "xportrait2_long_take"
 PHOTO_TO_VIDEO = "xportrait2_photo_to_video"

@@ -11,32 +11,36 @@ import numpy as np
 import pytest
 import torch
 
-from tests.media_helpers import media
-from xportrait2_core.checkpoint import CheckpointError
-from xportrait2_core.faces import (
+from harness.media import media
+from xportrait2_core.media.crops import CropBox, FaceBox
+from xportrait2_core.media.face_detector import (
     YUNET_FILE_NAME,
     YUNET_URLS,
-    CropBox,
-    FaceBox,
     FaceDetectorRunner,
     FaceNotFoundError,
+    detect_face,
+    find_yunet_weights,
+)
+from xportrait2_core.media.face_track import (
     FaceTrack,
     box_centres,
     bridge_missing,
     crop_driving_frames,
-    detect_face,
-    find_yunet_weights,
     gaussian_smooth,
-    paste_back,
     plan_driving_crops,
+    track_face,
+)
+from xportrait2_core.media.images import load_image
+from xportrait2_core.media.paste_back import paste_back
+from xportrait2_core.media.source_crops import (
     prepare_source_portrait,
     reference_face_crop,
     reference_image_box,
     reference_image_crop,
-    track_face,
 )
-from xportrait2_core.images import load_image
-from xportrait2_core.video_io import VideoWriter, iter_frames
+from xportrait2_core.media.video_reader import iter_frames
+from xportrait2_core.media.video_writer import VideoWriter
+from xportrait2_core.weights.checkpoint import CheckpointError
 
 DRIVING_VIDEOS = {"driving_230f.mp4": 230, "driving_60f.mp4": 60}
 

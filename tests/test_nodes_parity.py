@@ -16,8 +16,8 @@ import sys
 import textwrap
 
 
-from tests.golden import REPO_ROOT
-from tests.nodes_support import CLIP_FILE, DENOISER_FILE, MEDIA, PHOTO, VAE_FILE, xp2_models_fixture  # noqa: F401 (pytest fixture "xp2_models")
+from harness import REPO_ROOT
+from harness.comfyui_pack import CLIP_FILE, DENOISER_FILE, MEDIA, PHOTO, VAE_FILE
 
 CHILD = textwrap.dedent(
     """
@@ -34,10 +34,10 @@ CHILD = textwrap.dedent(
     import folder_paths, comfy.clip_vision
     from xp2pack import nodes
     from xp2pack.nodes import comfy_adapter
-    from xp2pack.xportrait2_core.images import load_image
+    from xp2pack.xportrait2_core.media.images import load_image
     from xp2pack.xportrait2_core.pipeline import VAE_SCALING, XPortrait2Pipeline
     from xp2pack.xportrait2_core.sampling import SamplingSettings
-    from xp2pack.xportrait2_core.video_io import iter_frames
+    from xp2pack.xportrait2_core.media.video_reader import iter_frames
 
     for name in ("xportrait2", "clip_vision", "vae"):
         folder_paths.add_model_folder_path(name, models + "/" + name)

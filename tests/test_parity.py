@@ -12,11 +12,11 @@ import dataclasses
 import torch
 
 from tests.golden import compare
-from xportrait2_core.context import context_windows
-from xportrait2_core.pipeline import VAE_SCALING, XPortrait2Pipeline
-from xportrait2_core.reference_attention import ReferenceRead, reference_keys_values
-from xportrait2_core.sampling import SamplingSettings, gaussian_blur, initial_latents
 from xportrait2_core import scheduler
+from xportrait2_core.context_windows import context_windows
+from xportrait2_core.models.reference_attention import ReferenceRead, reference_keys_values
+from xportrait2_core.pipeline import VAE_SCALING, XPortrait2Pipeline
+from xportrait2_core.sampling import SamplingSettings, gaussian_blur, initial_latents
 
 
 def frames_first(video: torch.Tensor) -> torch.Tensor:

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests.media_helpers import media, psnr, write_clip_with_audio
-from xportrait2_core.images import MediaError
-from xportrait2_core.video_io import VideoWriter, exact_frame_rate, iter_frames, probe_video
+from harness.media import media, psnr, write_clip_with_audio
+from xportrait2_core.media.images import MediaError
+from xportrait2_core.media.video_reader import iter_frames, probe_video
+from xportrait2_core.media.video_writer import VideoWriter, exact_frame_rate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -170,8 +171,8 @@ def test_full_disk_raises_media_error_and_removes_the_partial_file(tmp_path):
         f"""
         import resource, signal, sys, torch
         sys.path.insert(0, {str(REPO_ROOT)!r})
-        from xportrait2_core.images import MediaError
-        from xportrait2_core.video_io import VideoWriter
+        from xportrait2_core.media.images import MediaError
+        from xportrait2_core.media.video_writer import VideoWriter
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
         noise = torch.randint(0, 256, (40, 128, 128, 3), dtype=torch.uint8)

@@ -1,6 +1,6 @@
 """From a portrait file and a driving video file to a finished MP4 (what ``xportrait2 animate`` runs).
 
-Streams everywhere (:mod:`~xportrait2_core.driving_take`): the driving video is read twice in
+Streams everywhere (:mod:`~xportrait2_core.media.driving_take`): the driving video is read twice in
 chunks (face track, then crops that are turned into motion tokens right away), only tokens and
 latents are kept for the whole video, and decoded frames are pasted back and written chunk by
 chunk. The output file appears only when it is complete.
@@ -14,15 +14,18 @@ from typing import Optional
 
 import torch
 
-from . import faces
-from .driving_take import DrivingTake, PasteBack, motion_crops, track_take, write_animation
-from .images import MediaError, load_image
-from .models import default_dtype
+from .media.driving_take import DrivingTake, motion_crops, track_take
+from .media.face_detector import FaceDetectorRunner, find_yunet_weights
+from .media.face_track import plan_driving_crops
+from .media.images import MediaError, load_image
+from .media.paste_back import PasteBack, write_animation
+from .media.source_crops import REFERENCE_IMAGE_SIZE, prepare_source_portrait
+from .media.video_writer import VideoWriter
 from .pipeline import XPortrait2Pipeline
 from .progress import ProgressFn
 from .sampling import SamplingSettings
-from .standalone_models import load_clip_image_encoder, load_temporal_vae
-from .video_io import VideoWriter
+from .weights.loading import default_dtype
+from .weights.standalone_models import load_clip_image_encoder, load_temporal_vae
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class AnimateRequest:
     weights: Path
     seed: int = 0
     settings: SamplingSettings = field(default_factory=SamplingSettings)
-    size: int = faces.REFERENCE_IMAGE_SIZE
+    size: int = REFERENCE_IMAGE_SIZE
     max_frames: Optional[int] = None
     paste_back: bool = True
     device: Optional[str] = None
@@ -73,11 +76,11 @@ def animate_files(request: AnimateRequest, progress: Optional[ProgressFn] = None
     image = load_image(request.source)
     device = pick_device(request.device)
     dtype = request.dtype or default_dtype(device)
-    detector = faces.FaceDetectorRunner.from_weights(
-        faces.find_yunet_weights(request.face_detector, [request.weights]), device=device
+    detector = FaceDetectorRunner.from_weights(
+        find_yunet_weights(request.face_detector, [request.weights]), device=device
     )
-    portrait = faces.prepare_source_portrait(image, detector, request.source.name, request.size)
-    plan = faces.plan_driving_crops(track_take(take, detector, progress))
+    portrait = prepare_source_portrait(image, detector, request.source.name, request.size)
+    plan = plan_driving_crops(track_take(take, detector, progress))
     pipeline = load_pipeline(request, device, dtype)
     tokens = [pipeline.encode_motion(crops) for crops in motion_crops(take, plan, progress)]
     latents = pipeline.sample(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import SchedulerConfig
+from .models.config import SchedulerConfig
 
 
 def alphas_cumprod(config: SchedulerConfig = SchedulerConfig()) -> torch.Tensor:

@@ -16,13 +16,13 @@ from typing import Optional
 
 import torch
 
+from ..models.config import SchedulerConfig, UNetConfig
+from ..models.motion_encoder import MotionEncoder
+from ..models.operations import LayerFactory, skip_init_operations
+from ..models.reference_unet import ReferenceUNet
+from ..models.unet3d import DenoisingUNet3D
 from . import checkpoint
 from .checkpoint import CheckpointError, LoadReport, find_weight_file, load_network, read_state_dict
-from .config import SchedulerConfig, UNetConfig
-from .motion_encoder import MotionEncoder
-from .operations import LayerFactory, skip_init_operations
-from .reference_unet import ReferenceUNet
-from .unet3d import DenoisingUNet3D
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,10 @@ class XNemoModels:
     unet_config: UNetConfig
     schedule: SchedulerConfig
     reports: list[LoadReport]
+
+
+# The weight dtypes a user can ask for by name (command line, ComfyUI loader).
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def default_dtype(device: torch.device) -> torch.dtype:

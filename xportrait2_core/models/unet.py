@@ -1,7 +1,7 @@
 """The UNet body shared by the denoiser and the reference network (SD 1.x layout).
 
-:class:`~xportrait2_core.unet3d.DenoisingUNet3D` adds the motion/temporal modules and the output
-head; :class:`~xportrait2_core.reference_unet.ReferenceUNet` is the plain 2D network without
+:class:`~xportrait2_core.models.unet3d.DenoisingUNet3D` adds the motion/temporal modules and the output
+head; :class:`~xportrait2_core.models.reference_unet.ReferenceUNet` is the plain 2D network without
 ``conv_norm_out``/``conv_out``. Both take latents with frames folded into the batch axis.
 """
 
@@ -12,7 +12,15 @@ from torch import nn
 
 from .config import UNetConfig
 from .operations import LayerFactory
-from .unet_blocks import DownLevel, FrameBatch, MidBlock, TimestepEmbedding, TransformerBlock, UpLevel, timestep_embedding
+from .unet_blocks import (
+    DownLevel,
+    FrameBatch,
+    MidBlock,
+    TimestepEmbedding,
+    TransformerBlock,
+    UpLevel,
+    timestep_embedding,
+)
 
 
 class UNetBody(nn.Module):

@@ -1,10 +1,10 @@
 """A driving take read as a stream: however long the video, only what is small per frame (the
 face track, motion features or tokens, latents) is kept for all of it.
 
-Every stage reads the video again from the start, in chunks of :data:`READ_CHUNK` frames: the
-face track first (it needs all frames before it can smooth), then the motion crops. The result is
-decoded clip by clip, pasted back and written straight into an MP4 that appears only when it is
-complete. The command line and the ComfyUI nodes both go through here.
+Every stage reads the video again from the start, in chunks of
+:data:`~xportrait2_core.models.motion_encoder.MOTION_BATCH` frames: the
+face track first (it needs all frames before it can smooth), then the motion crops. The command line
+and the ComfyUI nodes both go through here.
 """
 
 from __future__ import annotations
@@ -15,14 +15,12 @@ from typing import Optional
 
 import torch
 
-from . import faces
+from ..models.motion_encoder import MOTION_BATCH
+from ..progress import ProgressFn, report
+from .face_detector import FaceDetectorRunner
+from .face_track import DrivingCropPlan, FaceTrack, crop_driving_frames, track_face
 from .images import MediaError
-from .progress import ProgressFn, report
-from .video_io import VideoInfo, VideoSource, VideoWriter, iter_frames, probe_video
-
-# Frames decoded at a time. The IMAGE-path nodes cut their batches the same way, so both paths
-# feed the face detector and the motion encoder identical batches (and give identical results).
-READ_CHUNK = 16
+from .video_reader import VideoInfo, VideoSource, probe_video, stream_frames
 
 
 @dataclass(frozen=True)
@@ -54,8 +52,9 @@ class DrivingTake:
         return min(self.max_frames, self.info.frame_count)
 
     def chunks(self) -> Iterator[torch.Tensor]:
-        """The frames, uint8 ``(N, H, W, 3)`` chunks of at most :data:`READ_CHUNK`."""
-        return iter_frames(self.open_source(), max_frames=self.max_frames, chunk_size=READ_CHUNK)
+        """The frames, uint8 ``(N, H, W, 3)`` chunks of at most :data:`MOTION_BATCH` (the take was
+        probed when it was opened, so it is not probed again)."""
+        return stream_frames(self.open_source(), self.max_frames, MOTION_BATCH)
 
 
 def counted(
@@ -70,36 +69,16 @@ def counted(
 
 
 def track_take(
-    take: DrivingTake, detector: faces.FaceDetectorRunner, progress: Optional[ProgressFn] = None
-) -> faces.FaceTrack:
+    take: DrivingTake, detector: FaceDetectorRunner, progress: Optional[ProgressFn] = None
+) -> FaceTrack:
     """First pass: the followed face in every frame (missed frames stay NaN until planning bridges them)."""
     chunks = counted(take.chunks(), "detecting faces", take.expected_frames, progress)
-    return faces.track_face(chunks, detector, take.name)
+    return track_face(chunks, detector, take.name)
 
 
 def motion_crops(
-    take: DrivingTake, plan: faces.DrivingCropPlan, progress: Optional[ProgressFn] = None
+    take: DrivingTake, plan: DrivingCropPlan, progress: Optional[ProgressFn] = None
 ) -> Iterator[torch.Tensor]:
     """Second pass: the motion crops ``(N, 3, 224, 224)`` chunk by chunk, for the caller to encode
     right away."""
-    return counted(faces.crop_driving_frames(take.chunks(), plan), "encoding motion", plan.frame_count, progress)
-
-
-@dataclass(frozen=True)
-class PasteBack:
-    """Where the animated square goes in the full-resolution source picture."""
-
-    picture: torch.Tensor  # (3, H, W) in [0, 1]
-    box: faces.CropBox
-    feather: float = 0.1
-
-
-def write_animation(
-    writer: VideoWriter, frame_chunks: Iterable[torch.Tensor], paste_back: Optional[PasteBack] = None
-) -> None:
-    """Write decoded chunks ``(N, 3, h, w)`` in [0, 1], pasted back into the source picture when
-    asked, as they come."""
-    for chunk in frame_chunks:
-        if paste_back is not None:
-            chunk = faces.paste_back(paste_back.picture, chunk, paste_back.box, paste_back.feather)
-        writer.write(chunk.permute(0, 2, 3, 1).cpu())
+    return counted(crop_driving_frames(take.chunks(), plan), "encoding motion", plan.frame_count, progress)

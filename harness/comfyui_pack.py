@@ -1,10 +1,10 @@
-"""Shared pieces of the node-pack tests: random model files where ComfyUI's folder_paths look,
+"""Shared pieces of the node-pack tests and benchmarks: random model files where ComfyUI's folder_paths look,
 small input media, the shipped API workflows adapted to them, and a ComfyUI server with the
 HTTP/WebSocket calls the end-to-end tests need.
 
 Models (all random, written once per session):
 
-* tiny X-NeMo networks in the official layout (``xportrait2_core.tiny_weights``) with a
+* tiny X-NeMo networks in the official layout (``xportrait2_core.testing.tiny_weights``) with a
   768-wide image context, so that they fit a real CLIP ViT-L/14 embedding;
 * a full-size random CLIP ViT-L/14 vision tower in fp16 (transformers naming, which ComfyUI's
   core CLIP vision loader detects as ViT-L; a smaller model is not detected);
@@ -26,14 +26,13 @@ from typing import Optional
 
 import av
 import numpy as np
-import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.comfyui_server import ComfyUIServer
-from tests.golden import REPO_ROOT, SHARED
-from tests.media_helpers import write_driving_clip
-from xportrait2_core import tiny_weights
+from harness import REPO_ROOT, SHARED
+from harness.comfyui_server import ComfyUIServer
+from harness.media import write_driving_clip
+from xportrait2_core.testing import tiny_weights
 
 MEDIA = SHARED / "media"
 WORKFLOWS = REPO_ROOT / "workflows"
@@ -100,12 +99,6 @@ def write_models(root: Path) -> dict[str, Path]:
     write_clip_vision_vit_l(folders["clip_vision"] / CLIP_FILE)
     write_svd_vae_diffusers(folders["vae"] / VAE_FILE)
     return folders
-
-
-@pytest.fixture(scope="session", name="xp2_models")
-def xp2_models_fixture(tmp_path_factory) -> dict[str, Path]:
-    """The random model files, written once per test session."""
-    return write_models(tmp_path_factory.mktemp("xp2-models"))
 
 
 def write_inputs(input_dir: Path) -> None:

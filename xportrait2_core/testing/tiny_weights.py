@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint
-from .config import CROSS_ATTENTION_DOWN, CROSS_ATTENTION_UP, PLAIN_DOWN, PLAIN_UP, UNetConfig
-from .models import BASE_UNET_DIR
-from .motion_encoder import MotionEncoder
-from .reference_unet import ReferenceUNet
-from .standalone_models import CLIP_IMAGE_ENCODER, SVD_VAE
-from .unet3d import DenoisingUNet3D
+from ..models.config import CROSS_ATTENTION_DOWN, CROSS_ATTENTION_UP, PLAIN_DOWN, PLAIN_UP, UNetConfig
+from ..models.motion_encoder import MotionEncoder
+from ..models.reference_unet import ReferenceUNet
+from ..models.unet3d import DenoisingUNet3D
+from ..weights import checkpoint
+from ..weights.loading import BASE_UNET_DIR
+from ..weights.standalone_models import CLIP_IMAGE_ENCODER, SVD_VAE
 
 TINY_EMBED_DIM = 32
 TINY_UNET_CONFIG = {

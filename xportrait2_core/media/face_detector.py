@@ -1,0 +1,181 @@
+"""Finding faces: kornia's YuNet ``FaceDetector`` (the official code uses mediapipe's BlazeFace),
+loaded from a local file only, run in batches; and the most prominent face of one picture."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import kornia.contrib.face_detection as kornia_faces
+import torch
+from kornia.geometry.transform import resize as kornia_resize
+
+from ..weights.checkpoint import CheckpointError, read_state_dict
+from .crops import FaceBox
+from .images import MediaError, PathLike
+
+YUNET_FILE_NAME = "yunet_final.pth"
+YUNET_URLS = (
+    "https://github.com/kornia/data/raw/main/yunet_final.pth",
+    "https://huggingface.co/kornia/yunet/resolve/main/yunet_final.pth",
+)
+# mediapipe's default minimum confidence in the official code; YuNet also has false positives
+# (clothing, hands) between 0.3 and 0.5.
+DEFAULT_SCORE_THRESHOLD = 0.5
+# Detecting on a copy no larger than this is faster and, on large frames, avoids false
+# positives in blurred backgrounds; faces in portraits and driving videos stay far above
+# YuNet's 10 px minimum.
+DETECTION_LONG_SIDE = 640
+# Detections scoring within this of the best one count as equally sure (see most_prominent).
+SCORE_TIE_MARGIN = 0.05
+
+
+class FaceNotFoundError(MediaError):
+    """No usable face in an image or video."""
+
+
+def kornia_cache_path() -> Path:
+    """Where kornia's ``FaceDetector`` keeps its downloaded weights (torch.hub's checkpoint cache)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / YUNET_FILE_NAME
+
+
+def find_yunet_weights(explicit: PathLike | None = None, model_dirs: Sequence[PathLike] = ()) -> Path:
+    """The YuNet weights file: ``explicit`` if given, else ``yunet_final.pth`` in the first model
+    folder holding it, else kornia's own download cache. Never downloads.
+
+    Raises :class:`CheckpointError` saying which file to fetch from where and where to put it.
+    """
+    if explicit is not None:
+        explicit = Path(explicit)
+        if not explicit.is_file():
+            raise CheckpointError(f"face-detector weights not found at {explicit}")
+        return explicit
+    candidates = [Path(folder) / YUNET_FILE_NAME for folder in model_dirs] + [kornia_cache_path()]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    destination = candidates[0]
+    looked_in = "\n  ".join(str(c) for c in candidates)
+    raise CheckpointError(
+        f"The YuNet face-detector weights ({YUNET_FILE_NAME}, 406 kB) were not found. Download\n"
+        f"  {YUNET_URLS[0]}\n(mirror: {YUNET_URLS[1]}) on a machine with internet and put it at\n"
+        f"  {destination}\nLooked in:\n  {looked_in}"
+    )
+
+
+_KORNIA_CONSTRUCTION_LOCK = threading.Lock()
+
+
+def _kornia_detector_around(network: torch.nn.Module, score_threshold: float) -> kornia_faces.FaceDetector:
+    # kornia's FaceDetector always builds its YuNet with pretrained=True, which downloads. For the
+    # duration of its constructor the name it builds from returns our locally loaded network.
+    with _KORNIA_CONSTRUCTION_LOCK:
+        original = kornia_faces.YuNet
+        kornia_faces.YuNet = lambda phase, pretrained: network
+        try:
+            return kornia_faces.FaceDetector(confidence_threshold=score_threshold)
+        finally:
+            kornia_faces.YuNet = original
+
+
+def load_kornia_face_detector(
+    weights: PathLike, score_threshold: float = DEFAULT_SCORE_THRESHOLD
+) -> kornia_faces.FaceDetector:
+    """kornia's YuNet ``FaceDetector`` with weights from a local file (read with ``weights_only=True``)."""
+    state = read_state_dict(Path(weights))
+    network = kornia_faces.YuNet("test", pretrained=False)
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"{weights}: not the YuNet face-detector weights kornia uses: {error}") from None
+    # Built without pretrained weights the network is left in training mode (BatchNorm batch stats).
+    network.eval()
+    return _kornia_detector_around(network, score_threshold)
+
+
+class FaceDetectorRunner:
+    """Runs YuNet on batches of images on a chosen device and dtype.
+
+    :meth:`detect` takes ``(N, 3, H, W)`` float images in ``[0, 1]`` of any size and returns, per
+    image, a ``(k, 5)`` float32 CPU tensor of faces ``left, top, right, bottom, score`` in that
+    image's pixels, clipped to the image, best score first.
+    """
+
+    def __init__(
+        self,
+        detector: kornia_faces.FaceDetector,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        batch_size: int = 8,
+        long_side: int = DETECTION_LONG_SIDE,
+    ) -> None:
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.long_side = long_side
+        self.detector = detector.to(device=self.device, dtype=dtype).eval()
+
+    @classmethod
+    def from_weights(
+        cls,
+        weights: PathLike,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+        batch_size: int = 8,
+    ) -> FaceDetectorRunner:
+        return cls(load_kornia_face_detector(weights, score_threshold), device, dtype, batch_size)
+
+    def _detection_size(self, height: int, width: int) -> tuple[int, int]:
+        scale = min(1.0, self.long_side / max(height, width))
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+    @torch.inference_mode()
+    def _detect_batch(self, images: torch.Tensor) -> list[torch.Tensor]:
+        height, width = images.shape[-2:]
+        size = self._detection_size(height, width)
+        batch = images.to(device=self.device, dtype=self.dtype)
+        if size != (height, width):
+            batch = kornia_resize(batch, size, interpolation="bilinear", antialias=True)
+        # YuNet was trained on pixel values in [0, 255].
+        detections = self.detector(batch * 255.0)
+        to_image = torch.tensor([width / size[1], height / size[0]] * 2)
+        limits = torch.tensor([width, height] * 2, dtype=torch.float32)
+        faces = []
+        for found in detections:
+            result = kornia_faces.FaceDetectorResult(found.float().cpu())
+            corners = torch.cat([result.top_left, result.bottom_right], dim=1)
+            boxes = torch.minimum((corners * to_image).clamp(min=0.0), limits)
+            faces.append(torch.cat([boxes, result.score[:, None]], dim=1))
+        return faces
+
+    def detect(self, images: torch.Tensor) -> list[torch.Tensor]:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise MediaError(f"images must be (N, 3, H, W) RGB, got shape {tuple(images.shape)}")
+        faces: list[torch.Tensor] = []
+        for batch in images.split(self.batch_size):
+            faces.extend(self._detect_batch(batch))
+        return faces
+
+
+def most_prominent(faces: torch.Tensor) -> torch.Tensor:
+    """The largest of the ``(k, 5)`` detections that score about as well as the best one."""
+    # YuNet scores of clearly visible faces all round to 1.0, so the score alone picks at random
+    # between them; it still rules out a big but doubtful detection.
+    confident = faces[faces[:, 4] >= faces[:, 4].max() - SCORE_TIE_MARGIN]
+    areas = (confident[:, 2] - confident[:, 0]) * (confident[:, 3] - confident[:, 1])
+    return confident[areas.argmax()]
+
+
+def detect_face(image: torch.Tensor, detector: FaceDetectorRunner, name: str = "the source image") -> FaceBox:
+    """The most prominent (largest confident) face of a ``(3, H, W)`` image.
+
+    Raises :class:`FaceNotFoundError` when there is none."""
+    faces = detector.detect(image.unsqueeze(0))[0]
+    if len(faces) == 0:
+        raise FaceNotFoundError(
+            f"no face found in {name}: give a portrait in which one face is clearly visible "
+            "(frontal or three-quarter view, not tiny)"
+        )
+    return FaceBox(*most_prominent(faces).tolist())

@@ -1,0 +1,1 @@
+"""The X-NeMo networks: motion encoder, denoising and reference UNets and their blocks."""

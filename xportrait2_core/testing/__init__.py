@@ -1,0 +1,1 @@
+"""Helpers for tests and trials only: tiny random weights in the official layout."""

@@ -1,0 +1,1 @@
+"""Weight files: reading checkpoints, loading the networks, key conversions."""
