@@ -17,16 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.comfyui_server import PACK_NAME
-from tests.golden import REPO_ROOT, SHARED
-from tests.nodes_support import (  # noqa: F401 (pytest fixture "xp2_models")
-    TEST_FRAMES,
-    PackServer,
-    api_workflow,
-    video_frames,
-    write_inputs,
-    xp2_models_fixture,
-)
+from harness import REPO_ROOT, SHARED
+from harness.comfyui_pack import TEST_FRAMES, PackServer, api_workflow, video_frames, write_inputs
+from harness.comfyui_server import PACK_NAME
 
 QUICK_START_MARKER = "<!-- quick-start:"
 # The PyTorch build the quick start's venv gets before `pip install .` (the README says to install

@@ -17,7 +17,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from tests.golden import REPO_ROOT
+from harness import REPO_ROOT
 
 # Import names whose distribution is named otherwise (the test venv may lack some of them).
 DISTRIBUTION_OF = {"PIL": "pillow", "yaml": "pyyaml", "av": "av", "cv2": "opencv-python"}
