@@ -150,9 +150,12 @@ def load_xnemo(denoiser_file: str, dtype_choice: str) -> XNemoBundle:
     return XNemoBundle(models, _patcher(models.motion_encoder), _patcher(models.reference_unet), _patcher(denoiser))
 
 
-def make_resident(*patchers: comfy.model_patcher.ModelPatcher) -> None:
-    """Let ComfyUI's model management load these networks (and offload others as it sees fit)."""
+def make_resident(*patchers: comfy.model_patcher.ModelPatcher) -> torch.device:
+    """Let ComfyUI's model management load these networks (and offload others as it sees fit);
+    returns the device they compute on. Under dynamic VRAM (ComfyUI >= 0.4 on a GPU) the weights
+    stay in host memory and are streamed per layer, so their own device is not that device."""
     model_management.load_models_gpu(list(patchers))
+    return patchers[0].load_device
 
 
 def face_detector() -> FaceDetectorRunner:
@@ -342,8 +345,7 @@ def sample_frames(
     """Run a ComfyUI sampler over all frames: scaled reference latent (1, 4, h, w) -> the
     LATENT samples (F, 4, h, w) (unscaled, as ComfyUI's VAE Decode takes them)."""
     patcher = bundle.denoiser
-    make_resident(patcher)
-    device, dtype = patcher.load_device, bundle.models.denoiser.conv_in.weight.dtype
+    device, dtype = make_resident(patcher), bundle.models.denoiser.conv_in.weight.dtype
     frames = conditioning.motion_tokens.shape[0]
     height, width = reference_latent.shape[-2:]
     conditioning = Conditioning(

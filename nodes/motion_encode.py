@@ -34,12 +34,12 @@ def _encode(xnemo_models, driving_chunks: Iterable[torch.Tensor], source_face: t
             f"source_face must be the one face crop of the source portrait, got {source_face.shape[0]} images "
             "(are driving_faces and source_face swapped?)"
         )
-    comfy_adapter.make_resident(xnemo_models.motion_encoder)
+    device = comfy_adapter.make_resident(xnemo_models.motion_encoder)
     encoder = xnemo_models.models.motion_encoder
     output = comfy_adapter.output_device()
     # Each chunk's features leave the compute device at once: only (F, 512) is kept for the take.
-    driving = torch.cat([encode_features(encoder, chunk).to(output) for chunk in driving_chunks])
-    source = encode_features(encoder, images_to_engine(source_face))
+    driving = torch.cat([encode_features(encoder, chunk, device=device).to(output) for chunk in driving_chunks])
+    source = encode_features(encoder, images_to_engine(source_face), device=device)
     return MotionFeatures(driving, source.to(output))
 
 

@@ -51,7 +51,7 @@ class XPortrait2ReferenceAppearance(io.ComfyNode):
                 f"the VAE gives latents of shape {tuple(latent_mean.shape)}; X-NeMo needs an SD-family VAE with 4 "
                 "latent channels (the SVD temporal VAE or an SD 1.5 VAE)"
             )
-        comfy_adapter.make_resident(xnemo_models.reference_unet, xnemo_models.denoiser)
-        latent, embeds, keys_values = encode_reference(xnemo_models.models, latent_mean, image_embeds)
+        device = comfy_adapter.make_resident(xnemo_models.reference_unet, xnemo_models.denoiser)
+        latent, embeds, keys_values = encode_reference(xnemo_models.models, latent_mean, image_embeds, device)
         output = comfy_adapter.output_device()
         return io.NodeOutput(ReferenceAppearance(latent.to(output), embeds.to(output), keys_values.to(output)))

@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from harness import REPO_ROOT, SHARED
 from harness.comfyui_pack import TEST_FRAMES, PackServer, api_workflow, video_frames, write_inputs
 from harness.comfyui_server import PACK_NAME
@@ -85,6 +87,7 @@ def test_readme_quick_start_works_verbatim_in_a_fresh_venv(tmp_path):
         shutil.rmtree(venv, ignore_errors=True)
 
 
+@pytest.mark.fresh_comfyui
 def test_manager_style_install_into_a_fresh_comfyui_runs_a_workflow(comfyui_path, xp2_models, tmp_path):
     comfyui, venv = tmp_path / "ComfyUI", tmp_path / "venv"
     try:

@@ -48,18 +48,25 @@ class MotionControls:
 
 
 def _encoder_inputs(
-    encoder: MotionEncoder, faces: torch.Tensor, batch_size: int, progress: Optional[ProgressFn]
+    encoder: MotionEncoder,
+    faces: torch.Tensor,
+    batch_size: int,
+    progress: Optional[ProgressFn],
+    device: Optional[torch.device],
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Face crops (N, 3, S, S) in [0, 1] -> (first index, batch) as the encoder takes them:
-    224x224, in [-1, 1], on its device and dtype; progress is reported once a batch is used."""
+    224x224, in [-1, 1], in its dtype on ``device`` (default: where its weights are; ComfyUI's
+    dynamic VRAM streams weights to the compute device layer by layer, so there the caller names
+    it); progress is reported once a batch is used."""
     if faces.ndim != 4 or faces.shape[1] != 3:
         raise ValueError(f"face crops must be (N, 3, H, W), got {tuple(faces.shape)}")
     count = len(faces)
     if count < 1:
         raise ValueError("no driving frames: the face crops are empty")
     weight = next(encoder.parameters())
+    device = weight.device if device is None else device
     for start in range(0, count, batch_size):
-        batch = faces[start : start + batch_size].to(weight.device, weight.dtype)
+        batch = faces[start : start + batch_size].to(device, weight.dtype)
         if batch.shape[-2:] != (CROP_SIZE, CROP_SIZE):
             batch = F.interpolate(batch, size=(CROP_SIZE, CROP_SIZE), mode="bicubic", antialias=True).clamp(0, 1)
         yield start, batch * 2 - 1
@@ -78,7 +85,7 @@ def encode_tokens(
 
     ``boxes`` (N, 3) defaults to [0, 0, 1] per frame, as the official script uses."""
     tokens = []
-    for start, batch in _encoder_inputs(encoder, faces, batch_size, progress):
+    for start, batch in _encoder_inputs(encoder, faces, batch_size, progress, device=None):
         box = neutral_boxes(len(batch)) if boxes is None else boxes[start : start + len(batch)]
         tokens.append(encoder(batch, box.to(batch.device, batch.dtype)))
     return torch.cat(tokens)
@@ -86,10 +93,16 @@ def encode_tokens(
 
 @torch.no_grad()
 def encode_features(
-    encoder: MotionEncoder, faces: torch.Tensor, batch_size: int = MOTION_BATCH, progress: Optional[ProgressFn] = None
+    encoder: MotionEncoder,
+    faces: torch.Tensor,
+    batch_size: int = MOTION_BATCH,
+    progress: Optional[ProgressFn] = None,
+    device: Optional[torch.device] = None,
 ) -> torch.Tensor:
-    """Face crops (N, 3, S, S) in [0, 1] -> trunk features (N, 512) on the encoder's device."""
-    return torch.cat([encoder.features(batch) for _, batch in _encoder_inputs(encoder, faces, batch_size, progress)])
+    """Face crops (N, 3, S, S) in [0, 1] -> trunk features (N, 512) on ``device`` (default: the
+    encoder's weights' device)."""
+    batches = _encoder_inputs(encoder, faces, batch_size, progress, device)
+    return torch.cat([encoder.features(batch) for _, batch in batches])
 
 
 @torch.no_grad()

@@ -7,6 +7,8 @@ attention banks turned into the denoiser's reference keys/values. The VAE and CL
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .models.reference_attention import ReferenceKeysValues, reference_keys_values
@@ -22,13 +24,17 @@ def check_reference_size(height: int, width: int) -> None:
 
 @torch.no_grad()
 def encode_reference(
-    models: XNemoModels, latent_mean: torch.Tensor, image_embeds: torch.Tensor
+    models: XNemoModels, latent_mean: torch.Tensor, image_embeds: torch.Tensor, device: Optional[torch.device] = None
 ) -> tuple[torch.Tensor, torch.Tensor, ReferenceKeysValues]:
     """Unscaled VAE posterior mean (1, 4, h, w) and CLIP ``image_embeds`` (1, D) of the reference
-    image -> scaled latent (1, 4, h, w) and embedding on the denoiser's device and dtype, and
-    the reference keys/values of the denoiser (one reference-UNet pass)."""
+    image -> scaled latent (1, 4, h, w) and embedding on the compute device in the denoiser's
+    dtype, and the reference keys/values of the denoiser (one reference-UNet pass).
+
+    ``device`` defaults to where the denoiser's weights are; a caller whose weights are streamed
+    to the compute device layer by layer (ComfyUI's dynamic VRAM) names it."""
     weight = models.denoiser.conv_in.weight
-    latents = latent_mean.to(weight.device, weight.dtype) * VAE_SCALING
-    image_embeds = image_embeds.to(weight.device, weight.dtype)
+    device = weight.device if device is None else device
+    latents = latent_mean.to(device, weight.dtype) * VAE_SCALING
+    image_embeds = image_embeds.to(device, weight.dtype)
     banks = models.reference_unet(latents, image_embeds.unsqueeze(1))
     return latents, image_embeds, reference_keys_values(banks, models.denoiser.transformer_blocks())
