@@ -7,6 +7,11 @@
     flows (a node sits right of every node that feeds it; nodes in one column are stacked with
     room for their title bars and widgets, so none overlap).
 
+``python tools/workflows.py thumbnails SHOTS``
+    Writes ``example_workflows/<name>.jpg``, the template cards' pictures: the shared demo
+    portrait and a frame of the demo driving video above a screenshot of the opened graph
+    (``SHOTS/<name> graph.png``, as ``tests/test_browser.py`` saves them).
+
 ``python tools/workflows.py twins``
     Run with the Python of a ComfyUI installation (``COMFYUI_PATH`` points at its folder): starts
     that ComfyUI with this pack on a free 127.0.0.1 port, converts every UI graph against its
@@ -234,8 +239,58 @@ def twins() -> None:
         print("wrote", (folder / path.name).relative_to(REPO_ROOT))
 
 
+CARD_LABELS = {
+    "Portrait to animated video": "portrait + driving video -> MP4",
+    "Portrait video - upscaled": "upscaled 4x, pasted back, full size",
+    "Portrait video - any sampler": "any ComfyUI sampler and sigmas",
+    "Portrait video - long take": "long takes, flat memory, sound kept",
+}
+
+
+def _graph_picture(shot: Path):
+    """The screenshot cropped to the drawn graph (pixels unlike the canvas background)."""
+    import numpy as np
+    from PIL import Image
+
+    image = Image.open(shot).convert("RGB")
+    pixels = np.asarray(image).astype(int)
+    height, width = pixels.shape[:2]
+    area = pixels[int(height * 0.08): int(height * 0.9), int(width * 0.05): int(width * 0.72)]
+    background = np.median(area.reshape(-1, 3), axis=0)
+    rows, cols = np.nonzero(np.abs(area - background).sum(axis=2) > 40)
+    top, left = int(height * 0.08), int(width * 0.05)
+    return image.crop((left + cols.min(), top + rows.min(), left + cols.max() + 1, top + rows.max() + 1))
+
+
+def thumbnails(shots: Path) -> None:
+    import av
+    from PIL import Image, ImageDraw, ImageFont
+
+    media = REPO_ROOT.parent / "shared" / "media"
+    portrait = Image.open(media / "photo_ref.png").convert("RGB")
+    with av.open(str(media / "driving_230f.mp4")) as container:
+        driving = next(f for i, f in enumerate(container.decode(video=0)) if i == 100).to_image()
+    size, half = 512, 250
+    font = ImageFont.load_default(size=22)
+    for path in sorted(UI_FOLDER.glob("*.json")):
+        card = Image.new("RGB", (size, size), (24, 24, 27))
+        card.paste(portrait.resize((half, half)), (4, 4))
+        card.paste(driving.resize((half, half)), (size - half - 4, 4))
+        graph = _graph_picture(shots / f"{path.stem} graph.png")
+        graph.thumbnail((size - 8, size - half - 56))
+        card.paste(graph, ((size - graph.width) // 2, half + 10))
+        ImageDraw.Draw(card).text((10, size - 34), CARD_LABELS[path.stem], fill=(235, 235, 235), font=font)
+        target = path.with_suffix(".jpg")
+        card.save(target, quality=80, optimize=True)
+        print("wrote", target.relative_to(REPO_ROOT), target.stat().st_size, "bytes")
+
+
 if __name__ == "__main__":
-    commands = {"tidy": tidy, "twins": twins}
-    if len(sys.argv) != 2 or sys.argv[1] not in commands:
+    if sys.argv[1:2] == ["thumbnails"] and len(sys.argv) == 3:
+        thumbnails(Path(sys.argv[2]))
+    elif sys.argv[1:] == ["tidy"]:
+        tidy()
+    elif sys.argv[1:] == ["twins"]:
+        twins()
+    else:
         raise SystemExit(__doc__)
-    commands[sys.argv[1]]()
