@@ -116,8 +116,12 @@ def server(comfyui_path, xp2_models, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("comfyui-browser")
     folders = _models_named_as_the_workflows(xp2_models, workdir / "models")
     _media_named_as_the_workflows(workdir / "input")
-    with PackServer(comfyui_path, workdir, folders) as running:
+    running = PackServer(comfyui_path, workdir, folders)
+    try:
+        running.start(timeout=600)  # CI machines shared with other test runs start it slowly
         yield running
+    finally:
+        running.stop()
     print("\nbrowser test durations (s):", json.dumps(DURATIONS, indent=1))
 
 

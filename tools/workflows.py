@@ -255,9 +255,11 @@ def _graph_picture(shot: Path):
     image = Image.open(shot).convert("RGB")
     pixels = np.asarray(image).astype(int)
     height, width = pixels.shape[:2]
-    area = pixels[int(height * 0.08): int(height * 0.9), int(width * 0.05): int(width * 0.72)]
+    area = pixels[int(height * 0.08): int(height * 0.9), int(width * 0.05): int(width * 0.97)]
     background = np.median(area.reshape(-1, 3), axis=0)
-    rows, cols = np.nonzero(np.abs(area - background).sum(axis=2) > 40)
+    drawn = np.abs(area - background).sum(axis=2) > 40
+    drawn[int(height * 0.66):, int(width * 0.78):] = False  # the minimap and the canvas controls
+    rows, cols = np.nonzero(drawn)
     top, left = int(height * 0.08), int(width * 0.05)
     return image.crop((left + cols.min(), top + rows.min(), left + cols.max() + 1, top + rows.max() + 1))
 
@@ -273,6 +275,9 @@ def thumbnails(shots: Path) -> None:
     size, half = 512, 250
     font = ImageFont.load_default(size=22)
     for path in sorted(UI_FOLDER.glob("*.json")):
+        if not (shots / f"{path.stem} graph.png").is_file():
+            print("no screenshot of", path.stem, "- its picture is kept")
+            continue
         card = Image.new("RGB", (size, size), (24, 24, 27))
         card.paste(portrait.resize((half, half)), (4, 4))
         card.paste(driving.resize((half, half)), (size - half - 4, 4))
