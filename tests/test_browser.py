@@ -336,7 +336,7 @@ def test_workflow_opens_from_the_templates_dialog_and_runs(server, browser, name
             page.get_by_role("button", name="Run", exact=True).first.click()
         assert answer.value.status == 200, answer.value.text()
         prompt_id = answer.value.json()["prompt_id"]
-        history = server.wait_for(prompt_id, timeout=600)
+        history = server.wait_for(prompt_id, timeout=1200)
         assert history["status"]["status_str"] == "success", error_message(history)
         timings["run_s"] = round(time.monotonic() - started - timings["open_s"], 1)
 
