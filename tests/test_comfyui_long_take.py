@@ -37,8 +37,8 @@ from harness.comfyui_pack import (
 from harness.media import psnr, write_driving_clip
 from xportrait2_core.media.video_writer import VideoWriter
 
-LONG_TAKE = "xportrait2_long_take"
-PHOTO_TO_VIDEO = "xportrait2_photo_to_video"
+LONG_TAKE = "Portrait video - long take"
+PHOTO_TO_VIDEO = "Portrait to animated video"
 NTSC_TAKE = "take_30f_ntsc_tone.mp4"  # longer than one 24-frame context window, 30000/1001 fps, AAC
 NTSC_FRAMES, NTSC_RATE = 30, Fraction(30000, 1001)
 FACE_LOST_TAKE = "take_face_lost.mp4"

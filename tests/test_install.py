@@ -106,7 +106,7 @@ def test_manager_style_install_into_a_fresh_comfyui_runs_a_workflow(comfyui_path
         with server:
             log = server.log_text()
             assert f"custom_nodes/{PACK_NAME}" in log and "IMPORT FAILED" not in log, log[-3000:]
-            history = server.run_ok(api_workflow("xportrait2_photo_to_video", seed=7))
+            history = server.run_ok(api_workflow("Portrait to animated video", seed=7))
         videos = [f for f in server.output_files(history) if f.suffix == ".mp4"]
         assert len(videos) == 1 and video_frames(videos[0]).shape[0] == TEST_FRAMES
     finally:
