@@ -51,6 +51,7 @@ NO_FACE_IMAGE = "no_face.png"
 TEST_FRAMES = 10
 TEST_SIZE = 64  # working size of the tests (the official 512 is far too slow on a CPU)
 TEST_STEPS = 2
+SOCKET_DRAIN_S = 15  # how long a finished prompt's last WebSocket messages may lag behind its history
 
 
 def write_xnemo_weights(folder: Path) -> Path:
@@ -224,16 +225,26 @@ class PackServer(ComfyUIServer):
         return websocket.create_connection(f"ws://127.0.0.1:{self.port}/ws?clientId={self.client_id}", timeout=600)
 
     def wait_for(self, prompt_id: str, timeout: float = 600, on_message=None) -> dict:
-        """Wait for the prompt's terminal event over the WebSocket; return its history entry."""
+        """Wait for the prompt's terminal event over the WebSocket; return its history entry.
+
+        ``on_message`` sees every message up to that terminal event: ComfyUI may record the
+        prompt in its history before the last messages reach the socket, so a finished history
+        ends the wait only once those are read (or the socket has stayed silent for a while)."""
         connection = self.websocket()
+        terminal = ("execution_success", "execution_error", "execution_interrupted")
         try:
-            # The prompt may have finished before the socket opened: history answers then.
             deadline = time.monotonic() + timeout
+            finished_at = None  # when history first showed the prompt finished
             while time.monotonic() < deadline:
-                history = self.get_json(f"/history/{prompt_id}")
-                if prompt_id in history and history[prompt_id]["status"].get("completed") is not None:
-                    if history[prompt_id]["status"]["status_str"] in ("success", "error"):
-                        return history[prompt_id]
+                if finished_at is None:
+                    history = self.get_json(f"/history/{prompt_id}")
+                    if prompt_id in history and history[prompt_id]["status"].get("status_str") in ("success", "error"):
+                        # The prompt may have finished before the socket opened: history answers then.
+                        if on_message is None:
+                            return history[prompt_id]
+                        finished_at = time.monotonic()
+                elif time.monotonic() - finished_at > SOCKET_DRAIN_S:
+                    return self.get_json(f"/history/{prompt_id}")[prompt_id]
                 connection.settimeout(2)
                 try:
                     raw = connection.recv()
@@ -246,10 +257,9 @@ class PackServer(ComfyUIServer):
                 message = json.loads(raw)
                 if on_message is not None:
                     on_message(message)
-                if message["type"] in ("execution_success", "execution_error", "execution_interrupted"):
-                    if message["data"].get("prompt_id") == prompt_id:
-                        time.sleep(0.2)  # history is written right after the event
-                        return self.get_json(f"/history/{prompt_id}")[prompt_id]
+                if message["type"] in terminal and message["data"].get("prompt_id") == prompt_id:
+                    time.sleep(0.2)  # history is written right after the event
+                    return self.get_json(f"/history/{prompt_id}")[prompt_id]
             raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout} s:\n{self.log_text()[-3000:]}")
         finally:
             connection.close()
