@@ -20,7 +20,7 @@ from pathlib import Path
 from harness import REPO_ROOT
 
 # Import names whose distribution is named otherwise (the test venv may lack some of them).
-DISTRIBUTION_OF = {"PIL": "pillow", "yaml": "pyyaml", "av": "av", "cv2": "opencv-python"}
+DISTRIBUTION_OF = {"PIL": "pillow", "yaml": "pyyaml"}
 COMFYUI_MODULES = {"comfy", "comfy_api", "comfy_extras", "folder_paths", "latent_preview", "nodes", "server"}
 
 
