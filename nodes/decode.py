@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from comfy_api.v0_0_2 import io
 
+from ..xportrait2_core.media.crops import frames_to_images
 from ..xportrait2_core.media.driving_take import READ_CHUNK
 from ..xportrait2_core.media.face_blend import FacePaste, paste_onto
 from ..xportrait2_core.media.paste_back import write_animation
@@ -129,7 +130,7 @@ class XPortrait2DecodeToVideo(io.ComfyNode):
             # The earlier faces' video is read a chunk at a time as well, so memory stays flat.
             earlier = None
             if video_so_far is not None:
-                earlier = (images_to_engine(chunk) for chunk in iter_frames(video_so_far.get_stream_source(), chunk_size=READ_CHUNK))
+                earlier = map(frames_to_images, iter_frames(video_so_far.get_stream_source(), chunk_size=READ_CHUNK))
             clips = paste_onto(picture, clips, paste, earlier)
         elif video_so_far is not None:
             raise ValueError("video_so_far needs source_face: connect the Face Crop (source) of this face")
