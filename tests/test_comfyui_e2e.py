@@ -46,7 +46,8 @@ PHOTO_TO_VIDEO = "xportrait2_photo_to_video"
 UPSCALE_PASTE_BACK = "xportrait2_upscale_paste_back"
 ADVANCED_SAMPLER = "xportrait2_advanced_sampler"
 LONG_TAKE = "xportrait2_long_take"  # run by test_comfyui_long_take.py
-SHIPPED = (PHOTO_TO_VIDEO, UPSCALE_PASTE_BACK, ADVANCED_SAMPLER, LONG_TAKE)
+TWO_FACES = "xportrait2_two_faces"  # run by test_comfyui_two_faces.py
+SHIPPED = (PHOTO_TO_VIDEO, UPSCALE_PASTE_BACK, ADVANCED_SAMPLER, LONG_TAKE, TWO_FACES)
 WRONG_NETWORK = "wrong_network"
 PACK_NODES = {
     "XPortrait2Loader", "XPortrait2SourceFaceCrop", "XPortrait2DrivingFaceTrack", "XPortrait2MotionEncode",
