@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from harness import SHARED
-from xportrait2_core.media.images import MediaError, PathLike
+from xportrait2_core.media.images import MediaError, PathLike, to_uint8_hwc
 
 SHARED_MEDIA = SHARED / "media"
 
@@ -113,15 +113,6 @@ def write_png_16bit(path: Path, pixels: np.ndarray) -> None:
         + _png_chunk(b"IDAT", zlib.compress(filtered))
         + _png_chunk(b"IEND", b"")
     )
-
-
-def to_uint8_hwc(image: torch.Tensor) -> np.ndarray:
-    """A ``(3, H, W)`` float image in ``[0, 1]`` (or uint8) as an ``(H, W, 3)`` uint8 array."""
-    if image.ndim != 3 or image.shape[0] != 3:
-        raise MediaError(f"expected an image tensor of shape (3, H, W), got {tuple(image.shape)}")
-    if image.dtype != torch.uint8:
-        image = (image.detach().float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
-    return image.permute(1, 2, 0).cpu().numpy()
 
 
 def save_image(image: torch.Tensor, path: PathLike) -> None:

@@ -7,11 +7,14 @@ from __future__ import annotations
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..xportrait2_core.media.paste_back import PasteBack, write_animation
+from ..xportrait2_core.media.crops import frames_to_images
+from ..xportrait2_core.media.face_blend import FacePaste, paste_onto
+from ..xportrait2_core.media.paste_back import write_animation
+from ..xportrait2_core.media.video_reader import iter_frames
 from ..xportrait2_core.media.video_writer import VideoWriter
 from ..xportrait2_core.pipeline import DECODE_CHUNK
 from . import comfy_adapter
-from .types import CATEGORY, DrivingVideo, SourceFace, XP2DrivingVideo, XP2Source, engine_to_images
+from .types import CATEGORY, DrivingVideo, SourceFace, XP2DrivingVideo, XP2Source, blend_input, engine_to_images
 
 
 def _frames_per_clip_input() -> io.Int.Input:
@@ -104,6 +107,11 @@ class XPortrait2DecodeToVideo(io.ComfyNode):
                     tooltip="paste-back: width of the soft seam, as a fraction of the square's side",
                 ),
                 _frames_per_clip_input(),
+                blend_input(),
+                io.Video.Input(
+                    "video_so_far", optional=True,
+                    tooltip="several faces: the previous face's Decode to VIDEO, to paste this face into (needs source_face)",
+                ),
             ],
             outputs=[io.Video.Output(display_name="video")],
         )
@@ -111,14 +119,21 @@ class XPortrait2DecodeToVideo(io.ComfyNode):
     @classmethod
     def execute(
         cls, vae, latent: dict, driving_video: DrivingVideo, feather: float, frames_per_clip: int,
-        source_face: SourceFace | None = None,
+        source_face: SourceFace | None = None, blend: str = "head", video_so_far=None,
     ) -> io.NodeOutput:
         take = driving_video.take
-        paste_back = None
-        if source_face is not None:
-            paste_back = PasteBack(source_face.picture, source_face.portrait.reference_box, feather)
         clips = _decoded_clips(vae, latent["samples"], frames_per_clip)
+        if source_face is not None:
+            picture = source_face.picture
+            paste = FacePaste.plan(source_face.regions, source_face.index, *picture.shape[1:], blend, feather)
+            # The earlier faces' video is read a chunk at a time as well, so memory stays flat.
+            earlier = None
+            if video_so_far is not None:
+                earlier = map(frames_to_images, iter_frames(video_so_far.get_stream_source(), chunk_size=DECODE_CHUNK))
+            clips = paste_onto(picture, clips, paste, earlier)
+        elif video_so_far is not None:
+            raise ValueError("video_so_far needs source_face: connect the Face Crop (source) of this face")
         path = comfy_adapter.temp_video_path()
         with VideoWriter(path, take.info.fps, audio_from=take.open_source()) as writer:
-            write_animation(writer, clips, paste_back)
+            write_animation(writer, clips)
         return io.NodeOutput(comfy_adapter.video_from_file(path))

@@ -9,10 +9,28 @@ import torch
 from comfy_api.v0_0_2 import io
 
 from ..xportrait2_core.media.driving_take import DrivingTake, track_take
-from ..xportrait2_core.media.face_track import crop_driving_frames, plan_driving_crops, track_face
+from ..xportrait2_core.media.face_track import (
+    LARGEST_PERFORMER,
+    Performer,
+    crop_driving_frames,
+    plan_driving_crops,
+    track_face,
+)
 from ..xportrait2_core.models.motion_encoder import MOTION_BATCH
 from . import comfy_adapter
-from .types import CATEGORY, DrivingTrack, DrivingVideo, XP2DrivingTrack, XP2DrivingVideo, engine_to_images
+from .types import LARGEST_INDEX, CATEGORY, DrivingTrack, DrivingVideo, XP2DrivingTrack, XP2DrivingVideo, engine_to_images
+
+
+def _performer_input() -> io.Int.Input:
+    return io.Int.Input(
+        "performer", default=LARGEST_INDEX, min=LARGEST_INDEX, max=99, optional=True,
+        tooltip="whom to follow: the face counted from 0 left to right at the first frame that shows faces; -1: the "
+        "largest. That performer is tracked through the take, whoever else comes closer or crosses",
+    )
+
+
+def _performer(index: int) -> Performer:
+    return LARGEST_PERFORMER if index == LARGEST_INDEX else index
 
 
 def _require_two_frames(count: int) -> None:
@@ -35,7 +53,10 @@ class XPortrait2DrivingFaceTrack(io.ComfyNode):
                 "frames without a detection, smooths the track and cuts a 224x224 motion crop per frame. For long "
                 "takes use Face Track (driving VIDEO), which never holds the frames."
             ),
-            inputs=[io.Image.Input("frames", tooltip="the driving video as an IMAGE batch, at least 2 frames")],
+            inputs=[
+                io.Image.Input("frames", tooltip="the driving video as an IMAGE batch, at least 2 frames"),
+                _performer_input(),
+            ],
             outputs=[
                 io.Image.Output(display_name="face_crops"),
                 XP2DrivingTrack.Output(display_name="driving_track"),
@@ -43,14 +64,14 @@ class XPortrait2DrivingFaceTrack(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, frames: torch.Tensor) -> io.NodeOutput:
+    def execute(cls, frames: torch.Tensor, performer: int = LARGEST_INDEX) -> io.NodeOutput:
         count = frames.shape[0]
         _require_two_frames(count)
 
         def chunks():
             return (frames[start : start + MOTION_BATCH, ..., :3] for start in range(0, count, MOTION_BATCH))
 
-        track = track_face(chunks(), comfy_adapter.face_detector())
+        track = track_face(chunks(), comfy_adapter.face_detector(), performer=_performer(performer))
         plan = plan_driving_crops(track)
         crops = torch.cat(list(crop_driving_frames(chunks(), plan)))
         return io.NodeOutput(engine_to_images(crops), DrivingTrack(plan, track.found))
@@ -74,18 +95,19 @@ class XPortrait2DrivingVideoTrack(io.ComfyNode):
                     "max_frames", default=0, min=0, max=1_000_000,
                     tooltip="animate only the first N frames (0: the whole take)",
                 ),
+                _performer_input(),
             ],
             outputs=[XP2DrivingVideo.Output(display_name="driving_video")],
         )
 
     @classmethod
-    def execute(cls, video, max_frames: int) -> io.NodeOutput:
+    def execute(cls, video, max_frames: int, performer: int = LARGEST_INDEX) -> io.NodeOutput:
         # A path, or (for a VIDEO made in memory) one BytesIO that every pass rewinds: asking
         # again would encode such a video again.
         source = video.get_stream_source()
         name = Path(source).name if isinstance(source, str) else "the driving VIDEO"
         take = DrivingTake.open(lambda: source, name, max_frames or None)
         progress = comfy_adapter.StepProgress(take.expected_frames)
-        track = track_take(take, comfy_adapter.face_detector(), progress.engine_callback)
+        track = track_take(take, comfy_adapter.face_detector(), progress.engine_callback, _performer(performer))
         _require_two_frames(track.frame_count)
         return io.NodeOutput(DrivingVideo(take, DrivingTrack(plan_driving_crops(track), track.found)))

@@ -12,6 +12,7 @@ import torch
 from comfy_api.v0_0_2 import io
 
 from ..xportrait2_core.media.driving_take import DrivingTake
+from ..xportrait2_core.media.face_blend import BLENDS, HEAD, FaceRegion
 from ..xportrait2_core.media.face_track import DrivingCropPlan
 from ..xportrait2_core.media.source_crops import SourcePortrait
 from ..xportrait2_core.models.reference_attention import ReferenceKeysValues
@@ -31,6 +32,8 @@ class SourceFace:
 
     portrait: SourcePortrait
     picture: torch.Tensor  # (3, H, W) the full source image in [0, 1]
+    regions: tuple[FaceRegion, ...]  # every face of the portrait, left to right: paste-back splits their overlaps
+    index: int  # which of ``regions`` this face is
 
 
 @dataclass(frozen=True)
@@ -81,3 +84,13 @@ def engine_to_images(images: torch.Tensor) -> torch.Tensor:
     return images.movedim(1, -1).contiguous()
 
 CATEGORY = "X-Portrait 2"
+# -1 on a face or performer index widget: the most prominent face, as with a single face.
+LARGEST_INDEX = -1
+
+
+def blend_input() -> io.Combo.Input:
+    return io.Combo.Input(
+        "blend", options=list(BLENDS), default=HEAD, optional=True,
+        tooltip="head: a feathered ellipse around the head, colour-matched to the portrait (no box-shaped seam); "
+        "rectangle: the whole generated square with a feathered border",
+    )

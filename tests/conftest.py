@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,9 @@ import torch
 
 from harness.comfyui_pack import write_models
 from harness.comfyui_server import HOW_TO_PROVIDE, find_comfyui
+from harness.media import media
 from tests.golden import PARITY_RESULTS, GoldenFixture, fixture_dirs
+from xportrait2_core.cli import main as cli
 from xportrait2_core.weights.loading import load_models
 
 torch.set_num_threads(2)
@@ -69,6 +72,15 @@ def tiny_weights(tiny_fixture, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_models(tiny_weights):
     return load_models(tiny_weights, device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> Path:
+    """A weights folder for the command line: tiny random X-NeMo files and the face detector."""
+    folder = tmp_path_factory.mktemp("cli-weights")
+    assert cli(["tiny-weights", str(folder)]) == 0
+    shutil.copyfile(media("yunet_final.pth"), folder / "yunet_final.pth")
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -25,14 +25,6 @@ from xportrait2_core.media.video_reader import iter_frames, probe_video
 FAST = ["--steps", "2", "--offline"]
 
 
-@pytest.fixture(scope="session")
-def weights(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("cli-weights")
-    assert cli(["tiny-weights", str(folder)]) == 0
-    shutil.copyfile(media("yunet_final.pth"), folder / "yunet_final.pth")
-    return folder
-
-
 def run_cli(*args: str) -> tuple[int, str]:
     """The command line in a subprocess: exit status and everything it printed."""
     process = subprocess.run(

@@ -49,7 +49,8 @@ PHOTO_TO_VIDEO = "Portrait to animated video"
 UPSCALE_PASTE_BACK = "Portrait video - upscaled"
 ADVANCED_SAMPLER = "Portrait video - any sampler"
 LONG_TAKE = "Portrait video - long take"  # run by test_comfyui_long_take.py
-SHIPPED = (PHOTO_TO_VIDEO, UPSCALE_PASTE_BACK, ADVANCED_SAMPLER, LONG_TAKE)
+TWO_FACES = "Portrait video - two faces"  # run by test_comfyui_two_faces.py
+SHIPPED = (PHOTO_TO_VIDEO, UPSCALE_PASTE_BACK, ADVANCED_SAMPLER, LONG_TAKE, TWO_FACES)
 WRONG_NETWORK = "wrong_network"
 PACK_NODES = {
     "XPortrait2Loader", "XPortrait2SourceFaceCrop", "XPortrait2DrivingFaceTrack", "XPortrait2MotionEncode",

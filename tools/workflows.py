@@ -118,6 +118,18 @@ For driving videos of any length: the take stays a file from Load Video to Save 
 {DEFAULTS_TEXT} max_frames 0 on the Face Track node means the whole take.
 
 TURN FIRST: max_frames on "Face Track (driving VIDEO)" to try a few seconds before the whole take; then motion_intensity.""",
+    "Portrait video - two faces": f"""Portrait video with two faces (X-Portrait 2 / X-NeMo)
+A portrait with two people, each face driven by its own performer of one driving video: two branches, one MP4 of the whole portrait at the driving video's frame rate and with its sound.
+
+Face Crop (source) numbers the portrait's faces left to right (its faces preview shows the numbers); each branch takes one face_index. Face Track & Crop (driving) follows one performer (performer: index left to right at the first frame with faces, -1 the largest). The second Paste Back adds its face to the first one's frames (frames_so_far): chain one more branch per extra face. Give a branch its own Load Video to drive that face with another video.
+
+{INPUTS_TEXT}
+
+{MODELS_TEXT}
+
+{DEFAULTS_TEXT} blend "head" pastes a colour-matched ellipse around each head; where two faces' regions overlap, the overlap is split between them.
+
+TURN FIRST: face_index and performer on each branch, checked against the numbered preview; then motion_intensity per face.""",
 }
 
 
@@ -233,6 +245,8 @@ def twins() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as workdir, ComfyUIServer(comfyui, Path(workdir)) as server:
         info = server.get_json("/object_info")
+        if not any(name.startswith("XPortrait2") for name in info):
+            raise SystemExit(f"the pack did not load in {comfyui}; its log:\n{server.log_text()[-3000:]}")
     for path in sorted(UI_FOLDER.glob("*.json")):
         twin = convert_ui_to_api(json.loads(path.read_text()), info)
         (folder / path.name).write_text(json.dumps(twin, indent=1, ensure_ascii=False) + "\n")
@@ -244,7 +258,9 @@ CARD_LABELS = {
     "Portrait video - upscaled": "upscaled 4x, pasted back, full size",
     "Portrait video - any sampler": "any ComfyUI sampler and sigmas",
     "Portrait video - long take": "long takes, flat memory, sound kept",
+    "Portrait video - two faces": "two faces, two performers, one MP4",
 }
+TWO_PEOPLE = {"Portrait video - two faces"}  # cards whose portrait shows two faces
 
 
 def _graph_picture(shot: Path):
@@ -269,7 +285,10 @@ def thumbnails(shots: Path) -> None:
     from PIL import Image, ImageDraw, ImageFont
 
     media = REPO_ROOT.parent / "shared" / "media"
-    portrait = Image.open(media / "photo_ref.png").convert("RGB")
+    photo = Image.open(media / "photo_ref.png").convert("RGB")
+    pair = Image.new("RGB", (2 * photo.width, photo.height))
+    pair.paste(photo, (0, 0))
+    pair.paste(Image.open(media / "cartoon_ref.png").convert("RGB").resize(photo.size), (photo.width, 0))
     with av.open(str(media / "driving_230f.mp4")) as container:
         driving = next(f for i, f in enumerate(container.decode(video=0)) if i == 100).to_image()
     size, half = 512, 250
@@ -279,6 +298,7 @@ def thumbnails(shots: Path) -> None:
             print("no screenshot of", path.stem, "- its picture is kept")
             continue
         card = Image.new("RGB", (size, size), (24, 24, 27))
+        portrait = pair if path.stem in TWO_PEOPLE else photo
         card.paste(portrait.resize((half, half)), (4, 4))
         card.paste(driving.resize((half, half)), (size - half - 4, 4))
         graph = _graph_picture(shots / f"{path.stem} graph.png")

@@ -8,30 +8,37 @@ chunk. The output file appears only when it is complete.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from .face_drives import DriveMapping, FaceDrive, assign_drives, drives_from_mapping
 from .media.driving_take import DrivingTake, motion_crops, track_take
+from .media.face_blend import HEAD, FacePaste, composite_faces, face_regions
 from .media.face_detector import FaceDetectorRunner, find_yunet_weights
-from .media.face_track import plan_driving_crops
+from .media.face_track import LARGEST_PERFORMER, DrivingCropPlan, Performer, plan_driving_crops
 from .media.images import MediaError, load_image
-from .media.paste_back import PasteBack, write_animation
-from .media.source_crops import REFERENCE_IMAGE_SIZE, prepare_source_portrait
+from .media.paste_back import write_animation
+from .media.portrait_faces import LARGEST, PortraitFaces, describe_faces, parse_face_selection, prepare_portrait_faces
+from .media.source_crops import REFERENCE_IMAGE_SIZE, SourcePortrait
 from .media.video_writer import VideoWriter
 from .pipeline import XPortrait2Pipeline
-from .progress import ProgressFn
+from .progress import ProgressFn, progress_of_face
 from .sampling import SamplingSettings
 from .weights.loading import default_dtype
 from .weights.standalone_models import load_clip_image_encoder, load_temporal_vae
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class AnimateRequest:
     source: Path
-    driving: Path
+    driving: Optional[Path]  # None when ``drive_mapping`` names every video
     output: Path
     weights: Path
     seed: int = 0
@@ -44,6 +51,17 @@ class AnimateRequest:
     face_detector: Optional[Path] = None
     allow_download: bool = True
     overwrite: bool = False
+    faces: str = LARGEST  # "largest", "all" or indices such as "0,2" (left to right)
+    more_driving: tuple[Path, ...] = ()  # further videos: one per chosen face, in order
+    performer: str | int = LARGEST_PERFORMER  # "largest", "each" (performer i for face i) or an index
+    drive_mapping: tuple[DriveMapping, ...] = ()  # FACE=VIDEO[:PERFORMER]; replaces faces and driving
+    blend: str = HEAD
+    hold_last_frame: bool = False  # longer than the shortest driver: shorter ones hold their last frame
+    audio_from: Optional[Path] = None  # default: the first driving video
+
+    @property
+    def driving_videos(self) -> list[Path]:
+        return ([self.driving] if self.driving is not None else []) + list(self.more_driving)
 
 
 def check_request(request: AnimateRequest) -> None:
@@ -56,6 +74,14 @@ def check_request(request: AnimateRequest) -> None:
         raise MediaError(f"--size must be a multiple of 64, got {request.size}")
     if request.max_frames is not None and request.max_frames < 2:
         raise MediaError("--max-frames must be at least 2")
+    if request.drive_mapping and (request.driving_videos or request.faces != LARGEST):
+        raise MediaError("--drive names every face and video: give it without a driving video or --faces")
+    for item in request.drive_mapping:
+        if not item.driving.is_file():
+            raise MediaError(f"driving video {item.driving} (given for face {item.face}) does not exist")
+    for video in request.driving_videos + ([request.audio_from] if request.audio_from else []):
+        if not video.is_file():
+            raise MediaError(f"{video} does not exist")
 
 
 def pick_device(requested: Optional[str]) -> torch.device:
@@ -70,28 +96,91 @@ def load_pipeline(request: AnimateRequest, device: torch.device, dtype: torch.dt
     return XPortrait2Pipeline.from_folder(request.weights, clip, vae.encode, vae.decode, device=device, dtype=dtype)
 
 
+def choose_faces(request: AnimateRequest, image: torch.Tensor, detector: FaceDetectorRunner) -> tuple[PortraitFaces, list[FaceDrive]]:
+    """The portrait's chosen faces (listed in the log with their boxes) and what drives each."""
+    selection = tuple(item.face for item in request.drive_mapping) or parse_face_selection(request.faces)
+    faces = prepare_portrait_faces(image, detector, selection, request.source.name, request.size)
+    for line in describe_faces(faces.detections):
+        logger.info("%s: %s", request.source.name, line)
+    if request.drive_mapping:
+        drives = drives_from_mapping(request.drive_mapping, request.performer)
+    else:
+        drives = assign_drives(faces.chosen, request.driving_videos, request.performer)
+    if len(drives) > 1 and not request.paste_back:
+        raise MediaError("--no-paste-back writes one face's square: choose one face, or paste all of them back")
+    return faces, drives
+
+
+def plan_drives(
+    drives: list[FaceDrive], request: AnimateRequest, detector: FaceDetectorRunner, progress: Optional[ProgressFn]
+) -> tuple[list[DrivingTake], list[DrivingCropPlan]]:
+    """Open every driving video once and track each of its chosen performers once."""
+    takes: dict[Path, DrivingTake] = {}
+    plans: dict[tuple[Path, Performer], DrivingCropPlan] = {}
+    for position, drive in enumerate(drives):
+        if drive.driving not in takes:
+            takes[drive.driving] = DrivingTake.open(lambda path=drive.driving: path, drive.driving.name, request.max_frames)
+        if (drive.driving, drive.performer) not in plans:
+            face_progress = progress_of_face(progress, position, len(drives))
+            track = track_take(takes[drive.driving], detector, face_progress, drive.performer)
+            plans[drive.driving, drive.performer] = plan_driving_crops(track)
+    return [takes[d.driving] for d in drives], [plans[d.driving, d.performer] for d in drives]
+
+
+def sample_faces(
+    pipeline: XPortrait2Pipeline,
+    portraits: Sequence[SourcePortrait],
+    takes: Sequence[DrivingTake],
+    plans: Sequence[DrivingCropPlan],
+    request: AnimateRequest,
+    frames: int,
+    progress: Optional[ProgressFn] = None,
+) -> list[torch.Tensor]:
+    """Each face's latents, one face after another on the same models (so memory holds one face's
+    work at a time), each exactly what a run of that face alone gives. Every face gets ``frames``
+    frames, or all of its driver's with ``hold_last_frame``."""
+    all_latents = []
+    for position, (portrait, take, plan) in enumerate(zip(portraits, takes, plans)):
+        face_progress = progress_of_face(progress, position, len(portraits))
+        tokens = torch.cat([pipeline.encode_motion(crops) for crops in motion_crops(take, plan, face_progress)])
+        all_latents.append(
+            pipeline.sample(
+                portrait.reference,
+                portrait.face_crop,
+                motion_tokens=tokens if request.hold_last_frame else tokens[:frames],
+                seed=request.seed,
+                settings=request.settings,
+                progress=face_progress,
+            )
+        )
+    return all_latents
+
+
 def animate_files(request: AnimateRequest, progress: Optional[ProgressFn] = None) -> Path:
     check_request(request)
-    take = DrivingTake.open(lambda: request.driving, request.driving.name, request.max_frames)
     image = load_image(request.source)
     device = pick_device(request.device)
     dtype = request.dtype or default_dtype(device)
     detector = FaceDetectorRunner.from_weights(
         find_yunet_weights(request.face_detector, [request.weights]), device=device
     )
-    portrait = prepare_source_portrait(image, detector, request.source.name, request.size)
-    plan = plan_driving_crops(track_take(take, detector, progress))
+    faces, drives = choose_faces(request, image, detector)
+    takes, plans = plan_drives(drives, request, detector, progress)
+    lengths = [plan.frame_count for plan in plans]
+    frames = max(lengths) if request.hold_last_frame else min(lengths)
     pipeline = load_pipeline(request, device, dtype)
-    tokens = [pipeline.encode_motion(crops) for crops in motion_crops(take, plan, progress)]
-    latents = pipeline.sample(
-        portrait.reference,
-        portrait.face_crop,
-        motion_tokens=torch.cat(tokens),
-        seed=request.seed,
-        settings=request.settings,
-        progress=progress,
-    )
-    paste_back = PasteBack(image, portrait.reference_box) if request.paste_back else None
-    with VideoWriter(request.output, take.info.fps, audio_from=request.driving) as writer:
-        write_animation(writer, pipeline.decode(latents, progress=progress), paste_back)
+    all_latents = sample_faces(pipeline, faces.portraits, takes, plans, request, frames, progress)
+    audio = request.audio_from or drives[0].driving
+    with VideoWriter(request.output, takes[0].info.fps, audio_from=audio) as writer:
+        if not request.paste_back:
+            write_animation(writer, pipeline.decode(all_latents[0], progress=progress))
+            return request.output
+        height, width = image.shape[-2:]
+        regions = face_regions(faces.detections, height, width)
+        pastes = [FacePaste.plan(regions, index, height, width, request.blend) for index in faces.chosen]
+        decoded = [
+            pipeline.decode(latents, progress=progress_of_face(progress, position, len(drives)))
+            for position, latents in enumerate(all_latents)
+        ]
+        write_animation(writer, composite_faces(image, decoded, pastes, frames))
     return request.output

@@ -80,7 +80,9 @@ class ProgressBars:
     def __call__(self, stage: str, done: int, total: int) -> None:
         bar = self._bars.get(stage)
         if bar is None:
-            bar = self._bars[stage] = self._tqdm(total=total, desc=stage, unit=" " + STAGE_NAMES.get(stage, "steps"))
+            # A face's stages are named "face 2/3, sampling"; the unit is that of the stage.
+            unit = STAGE_NAMES.get(stage.rpartition(", ")[2], "steps")
+            bar = self._bars[stage] = self._tqdm(total=total, desc=stage, unit=" " + unit)
         bar.total = total
         bar.update(done - bar.n)
         if done >= total:
@@ -97,11 +99,24 @@ def default_weights() -> Path:
 
 def animate(args: argparse.Namespace) -> int:
     from .animate import AnimateRequest, animate_files
+    from .face_drives import parse_drive_mapping, parse_performer
     from .sampling import SamplingSettings
 
+    if not args.driving and not args.more_driving and not args.drive:
+        raise UsageError("give a driving video (or --drive FACE=VIDEO)")
+
+    driving = [Path(args.driving)] if args.driving else []
+    driving += [Path(video) for video in args.more_driving]
     request = AnimateRequest(
         source=Path(args.source),
-        driving=Path(args.driving),
+        driving=driving[0] if driving else None,
+        more_driving=tuple(driving[1:]),
+        faces=args.faces,
+        performer=parse_performer(args.performer),
+        drive_mapping=tuple(parse_drive_mapping(item) for item in args.drive),
+        blend=args.blend,
+        hold_last_frame=args.hold_last_frame,
+        audio_from=Path(args.audio_from) if args.audio_from else None,
         output=Path(args.output),
         weights=Path(args.weights),
         seed=args.seed,
@@ -164,6 +179,18 @@ def doctor(args: argparse.Namespace) -> int:
     return 0 if not problems else 1
 
 
+def faces(args: argparse.Namespace) -> int:
+    from .media.face_detector import FaceDetectorRunner, detect_faces, find_yunet_weights
+    from .media.images import load_image
+    from .media.portrait_faces import describe_faces
+
+    detector = FaceDetectorRunner.from_weights(find_yunet_weights(args.face_detector, [Path(args.weights)]))
+    source = Path(args.source)
+    for line in describe_faces(detect_faces(load_image(source), detector, source.name)):
+        print(line)
+    return 0
+
+
 def tiny_weights(args: argparse.Namespace) -> int:
     from .testing.tiny_weights import write_tiny_weights
 
@@ -187,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("animate", help="animate a portrait with a driving video")
     p.add_argument("source", help="portrait image (PNG/JPEG/WebP)")
-    p.add_argument("driving", help="driving video (its frame rate and audio are kept)")
+    p.add_argument("driving", nargs="?", help="driving video (its frame rate and audio are kept)")
     p.add_argument("-o", "--output", required=True, help="output .mp4")
     p.add_argument("--weights", default=str(default_weights()),
                    help=f"weights folder (default: ${WEIGHTS_ENV} or ./pretrained_weights)")
@@ -202,10 +229,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
                    help="auto: fp16 on CUDA, fp32 on CPU")
     p.add_argument("--no-paste-back", action="store_true", help="write the generated square crop, not the whole picture")
+    p.add_argument("--faces", default="largest",
+                   help="portrait faces to animate: largest (default), all, or indices such as 0,2 (left to right)")
+    p.add_argument("--driving", dest="more_driving", action="append", default=[], metavar="VIDEO",
+                   help="another driving video; repeat it for one video per chosen face, in order")
+    p.add_argument("--performer", default="largest",
+                   help="face to follow in the driving video: largest (default), an index left to right at the "
+                        "first frame with faces, or each (performer i drives face i)")
+    p.add_argument("--drive", nargs="+", default=[], metavar="FACE=VIDEO[:PERFORMER]",
+                   help="drive each face explicitly, e.g. --drive 0=a.mp4 1=b.mp4:1 (replaces the driving video and --faces)")
+    p.add_argument("--blend", choices=["head", "rectangle"], default="head",
+                   help="paste-back: head (feathered ellipse around the head, colour-matched; default) or "
+                        "rectangle (the whole square with a feathered border)")
+    p.add_argument("--hold-last-frame", action="store_true",
+                   help="with several driving videos, last as long as the longest (default: the shortest)")
+    p.add_argument("--audio-from", metavar="VIDEO", help="take the sound from this video (default: the first driving video)")
     p.add_argument("--face-detector", help="YuNet weights file (default: yunet_final.pth in the weights folder or kornia's cache)")
     p.add_argument("--offline", action="store_true", help="never download the CLIP/VAE models")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(run=animate)
+
+    p = commands.add_parser("faces", help="list the faces of a portrait, numbered left to right, with their boxes")
+    p.add_argument("source", help="portrait image")
+    p.add_argument("--weights", default=str(default_weights()), help="weights folder holding yunet_final.pth")
+    p.add_argument("--face-detector", help="YuNet weights file")
+    p.set_defaults(run=faces)
 
     p = commands.add_parser("doctor", help="show what is installed and which weights are found where")
     p.add_argument("--weights", default=str(default_weights()), help="weights folder to inspect")

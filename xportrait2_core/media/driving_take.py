@@ -18,7 +18,7 @@ import torch
 from ..models.motion_encoder import MOTION_BATCH
 from ..progress import ProgressFn, report
 from .face_detector import FaceDetectorRunner
-from .face_track import DrivingCropPlan, FaceTrack, crop_driving_frames, track_face
+from .face_track import LARGEST_PERFORMER, DrivingCropPlan, FaceTrack, Performer, crop_driving_frames, track_face
 from .images import MediaError
 from .video_reader import VideoInfo, VideoSource, probe_video, stream_frames
 
@@ -69,11 +69,15 @@ def counted(
 
 
 def track_take(
-    take: DrivingTake, detector: FaceDetectorRunner, progress: Optional[ProgressFn] = None
+    take: DrivingTake,
+    detector: FaceDetectorRunner,
+    progress: Optional[ProgressFn] = None,
+    performer: Performer = LARGEST_PERFORMER,
 ) -> FaceTrack:
-    """First pass: the followed face in every frame (missed frames stay NaN until planning bridges them)."""
+    """First pass: the followed face (``performer``) in every frame (missed frames stay NaN until
+    planning bridges them)."""
     chunks = counted(take.chunks(), "detecting faces", take.expected_frames, progress)
-    return track_face(chunks, detector, take.name)
+    return track_face(chunks, detector, take.name, performer)
 
 
 def motion_crops(

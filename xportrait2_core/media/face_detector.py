@@ -147,16 +147,22 @@ class FaceDetectorRunner:
             result = kornia_faces.FaceDetectorResult(found.float().cpu())
             corners = torch.cat([result.top_left, result.bottom_right], dim=1)
             boxes = torch.minimum((corners * to_image).clamp(min=0.0), limits)
-            faces.append(torch.cat([boxes, result.score[:, None]], dim=1))
+            landmarks = torch.cat([result.get_keypoint(point) for point in kornia_faces.FaceKeypoint], dim=1)
+            faces.append(torch.cat([boxes, result.score[:, None], landmarks * to_image[:2].repeat(5)], dim=1))
         return faces
 
-    def detect(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def detect_with_landmarks(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Like :meth:`detect`, with YuNet's five landmarks appended: ``(k, 15)`` rows of box,
+        score, then (x, y) of left eye, right eye, nose, left and right mouth corner."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise MediaError(f"images must be (N, 3, H, W) RGB, got shape {tuple(images.shape)}")
         faces: list[torch.Tensor] = []
         for batch in images.split(self.batch_size):
             faces.extend(self._detect_batch(batch))
         return faces
+
+    def detect(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return [faces[:, :5].contiguous() for faces in self.detect_with_landmarks(images)]
 
 
 def most_prominent(faces: torch.Tensor) -> torch.Tensor:
@@ -168,14 +174,34 @@ def most_prominent(faces: torch.Tensor) -> torch.Tensor:
     return confident[areas.argmax()]
 
 
+def left_to_right(faces: torch.Tensor) -> torch.Tensor:
+    """Detection rows sorted by the horizontal centre of their box: how faces are numbered."""
+    return faces[((faces[:, 0] + faces[:, 2]) / 2).argsort(stable=True)]
+
+
+def detect_faces(image: torch.Tensor, detector: FaceDetectorRunner, name: str = "the source image") -> torch.Tensor:
+    """Every face of a ``(3, H, W)`` image, numbered left to right: ``(N, 15)`` rows as
+    :meth:`FaceDetectorRunner.detect_with_landmarks` gives them.
+
+    Raises :class:`FaceNotFoundError` when there is none."""
+    faces = detector.detect_with_landmarks(image.unsqueeze(0))[0]
+    if len(faces) == 0:
+        raise _no_face_in(name)
+    return left_to_right(faces)
+
+
+def _no_face_in(name: str) -> FaceNotFoundError:
+    return FaceNotFoundError(
+        f"no face found in {name}: give a portrait in which one face is clearly visible "
+        "(frontal or three-quarter view, not tiny)"
+    )
+
+
 def detect_face(image: torch.Tensor, detector: FaceDetectorRunner, name: str = "the source image") -> FaceBox:
     """The most prominent (largest confident) face of a ``(3, H, W)`` image.
 
     Raises :class:`FaceNotFoundError` when there is none."""
     faces = detector.detect(image.unsqueeze(0))[0]
     if len(faces) == 0:
-        raise FaceNotFoundError(
-            f"no face found in {name}: give a portrait in which one face is clearly visible "
-            "(frontal or three-quarter view, not tiny)"
-        )
+        raise _no_face_in(name)
     return FaceBox(*most_prominent(faces).tolist())

@@ -6,7 +6,7 @@ Driving videos are handled in two streamed passes so a long video never sits in 
 :func:`crop_driving_frames` cuts the crops in a second pass over the frames. Deliberate changes
 from the official preprocessing: detection on the whole frame (not its left square), frames
 without a detection are bridged from their neighbours (the official code crashes), with several
-faces the one nearest the track is followed, and driving crops keep exactly the same size.
+faces the chosen one is followed (the detection of similar size nearest the track), and driving crops keep exactly the same size.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -21,14 +22,21 @@ from einops import rearrange
 
 from ..models.motion_encoder import CROP_SIZE
 from .crops import FaceBox, frames_to_images, resize_like_pillow, scaled_face_square
-from .face_detector import FaceDetectorRunner, FaceNotFoundError, most_prominent
+from .face_detector import FaceDetectorRunner, FaceNotFoundError, left_to_right, most_prominent
 from .images import MediaError
 
 # How far (in face sizes) the followed face may be from where it was last seen: the base plus
 # this much per frame since then.
 FOLLOW_BASE_DISTANCE = 0.5
 FOLLOW_DISTANCE_PER_FRAME = 0.25
+# A detection whose size differs from the followed face's by more than this factor is not it
+# (the test videos' faces change size by under 5 % between frames).
+FOLLOW_SIZE_RATIO = 1.5
 TRACK_SMOOTHING_SIGMA = 5.0
+# Which driving face to follow: the most prominent one, or an index counted left to right at the
+# first frame that shows faces.
+LARGEST_PERFORMER = "largest"
+Performer = Union[str, int]
 TRACK_SMOOTHING_RADIUS = 20
 
 
@@ -37,22 +45,49 @@ def box_centres(boxes: torch.Tensor) -> torch.Tensor:
     return (boxes[:, :2] + boxes[:, 2:4]) / 2
 
 
-class _FaceFollower:
-    """Chooses, frame after frame, the detection that continues the followed face."""
+def sides(boxes: torch.Tensor) -> torch.Tensor:
+    """The longer side of each of ``(F, 4+)`` boxes."""
+    return torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
 
-    def __init__(self) -> None:
+
+class _FaceFollower:
+    """Chooses, frame after frame, the detection that continues the followed face.
+
+    ``performer`` picks the face at the first frame with faces: ``"largest"`` (the most
+    prominent) or an index counted left to right."""
+
+    def __init__(self, performer: Performer = LARGEST_PERFORMER, name: str = "the driving video") -> None:
+        self._performer = performer
+        self._name = name
+        self._frame = -1
         self._centre: torch.Tensor | None = None
         self._side = 0.0
         self._frames_since_seen = 0
 
+    def _first(self, faces: torch.Tensor) -> torch.Tensor:
+        if self._performer == LARGEST_PERFORMER:
+            return most_prominent(faces)
+        if not 0 <= self._performer < len(faces):
+            shown = "1 face" if len(faces) == 1 else f"{len(faces)} faces"
+            raise FaceNotFoundError(
+                f"performer {self._performer} not found in {self._name}: frame {self._frame}, the first frame "
+                f"with faces, shows {shown} (performers 0 to {len(faces) - 1}, left to right)"
+            )
+        return left_to_right(faces)[self._performer]
+
     def follow(self, faces: torch.Tensor) -> torch.Tensor | None:
+        self._frame += 1
         self._frames_since_seen += 1
         if len(faces) == 0:
             return None
         if self._centre is None:
-            chosen = most_prominent(faces)
+            chosen = self._first(faces)
         else:
-            distances = (box_centres(faces) - self._centre).norm(dim=1)
+            # A face much larger or smaller than the followed one is someone else (another
+            # performer coming closer), even where it is nearest.
+            ratios = sides(faces) / self._side
+            alike = (ratios <= FOLLOW_SIZE_RATIO) & (ratios >= 1 / FOLLOW_SIZE_RATIO)
+            distances = (box_centres(faces) - self._centre).norm(dim=1).masked_fill(~alike, math.inf)
             nearest = int(distances.argmin())
             # Between frames a face moves a small fraction of its size (at most 0.12 in the
             # 12 fps test video); a detection farther than the allowance, which grows while the
@@ -86,15 +121,19 @@ class FaceTrack:
 
 
 def track_face(
-    frame_chunks: Iterable[torch.Tensor], detector: FaceDetectorRunner, name: str = "the driving video"
+    frame_chunks: Iterable[torch.Tensor],
+    detector: FaceDetectorRunner,
+    name: str = "the driving video",
+    performer: Performer = LARGEST_PERFORMER,
 ) -> FaceTrack:
     """Detect faces in chunks of channels-last frames (as :func:`~xportrait2_core.media.video_reader.iter_frames`
-    yields them) and follow one face through them: the largest confident face of the first frame
-    with a face, then always the detection nearest to where it was. Only the track is kept.
+    yields them) and follow one face through them: the ``performer`` of the first frame with a
+    face (the largest confident one, or an index left to right), then always the detection of a
+    similar size nearest to where it was. Only the track is kept.
 
-    Raises :class:`FaceNotFoundError` when no frame shows a face.
+    Raises :class:`FaceNotFoundError` when no frame shows a face, or not the chosen performer.
     """
-    follower = _FaceFollower()
+    follower = _FaceFollower(performer, name)
     missed = torch.full((5,), math.nan)
     rows: list[torch.Tensor] = []
     frame_size: tuple[int, int] | None = None

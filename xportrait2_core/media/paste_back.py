@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -59,21 +57,7 @@ def paste_back(
     return output[0] if single else output
 
 
-@dataclass(frozen=True)
-class PasteBack:
-    """Where the animated square goes in the full-resolution source picture."""
-
-    picture: torch.Tensor  # (3, H, W) in [0, 1]
-    box: CropBox
-    feather: float = 0.1
-
-
-def write_animation(
-    writer: VideoWriter, frame_chunks: Iterable[torch.Tensor], placement: Optional[PasteBack] = None
-) -> None:
-    """Write decoded chunks ``(N, 3, h, w)`` in [0, 1], pasted back into the source picture when
-    asked, as they come."""
+def write_animation(writer: VideoWriter, frame_chunks: Iterable[torch.Tensor]) -> None:
+    """Write chunks ``(N, 3, h, w)`` in [0, 1] as they come."""
     for chunk in frame_chunks:
-        if placement is not None:
-            chunk = paste_back(placement.picture, chunk, placement.box, placement.feather)
         writer.write(chunk.permute(0, 2, 3, 1).cpu())

@@ -106,7 +106,11 @@ def prepare_source_portrait(
 ) -> SourcePortrait:
     """Detect the face of a ``(3, H, W)`` source image and cut both crops (the reference image
     at ``reference_size`` pixels square, 512 officially)."""
-    face = detect_face(image, detector, name)
+    return portrait_from_face(image, detect_face(image, detector, name), reference_size)
+
+
+def portrait_from_face(image: torch.Tensor, face: FaceBox, reference_size: int = REFERENCE_IMAGE_SIZE) -> SourcePortrait:
+    """Both crops of one known face of a ``(3, H, W)`` source image."""
     face_crop, face_crop_box = reference_face_crop(image, face)
     reference, reference_box = reference_image_crop(image, face, reference_size)
     return SourcePortrait(face, face_crop, face_crop_box, reference, reference_box)
