@@ -55,20 +55,28 @@ class ComfyUIServer:
         model_folders: Optional[dict[str, Path]] = None,
         extra_args: tuple[str, ...] = (),
         max_file_bytes: Optional[int] = None,
+        python: Optional[Path] = None,
+        link_pack: bool = True,
     ):
+        """``python``: the interpreter of the ComfyUI venv (default: this one). ``link_pack``: load
+        this checkout as the pack from an extra custom_nodes folder; off when the pack was
+        installed into ComfyUI's own custom_nodes."""
         self.comfyui = comfyui
+        self.python = str(python or sys.executable)
         self.extra_args = extra_args
         self.max_file_bytes = max_file_bytes
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "comfyui.log"
-        custom_nodes = workdir / "custom_nodes"
-        custom_nodes.mkdir(parents=True, exist_ok=True)
-        link = custom_nodes / PACK_NAME
-        if not link.exists():
-            link.symlink_to(REPO_ROOT, target_is_directory=True)
-        entries = {"base_path": str(workdir), "custom_nodes": "custom_nodes"}
+        entries = {"base_path": str(workdir)}
+        if link_pack:
+            custom_nodes = workdir / "custom_nodes"
+            custom_nodes.mkdir(parents=True, exist_ok=True)
+            link = custom_nodes / PACK_NAME
+            if not link.exists():
+                link.symlink_to(REPO_ROOT, target_is_directory=True)
+            entries["custom_nodes"] = "custom_nodes"
         entries.update({name: str(path) for name, path in (model_folders or {}).items()})
         self.config = workdir / "extra_model_paths.yaml"
         self.config.write_text("xportrait2_tests:\n" + "".join(f"  {k}: {v}\n" for k, v in entries.items()))
@@ -76,7 +84,7 @@ class ComfyUIServer:
 
     def start(self, timeout: float = 180) -> "ComfyUIServer":
         args = [
-            sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
             "--disable-auto-launch", "--disable-api-nodes", "--extra-model-paths-config", str(self.config),
             "--output-directory", str(self.workdir / "output"), "--input-directory", str(self.workdir / "input"),
             "--temp-directory", str(self.workdir / "temp"), "--user-directory", str(self.workdir / "user"),

@@ -36,6 +36,14 @@ def golden_models(golden_weights):
     return load_models(golden_weights, device="cpu", dtype=torch.float32)
 
 
+def pytest_collection_modifyitems(items):
+    # `-m comfyui` selects every test that runs against a real ComfyUI (CI runs that subset on
+    # the older of the two ComfyUIs it supports).
+    for item in items:
+        if "comfyui_path" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.comfyui)
+
+
 @pytest.fixture(scope="session")
 def comfyui_path():
     """A ComfyUI checkout (COMFYUI_PATH or comfy-cli's default workspace); skips the test when there is none."""

@@ -155,12 +155,10 @@ def api_workflow(name: str, *, steps: int = TEST_STEPS, size: int = TEST_SIZE, s
 class PackServer(ComfyUIServer):
     """The test server plus the calls the end-to-end tests make."""
 
-    def __init__(
-        self, comfyui: Path, workdir: Path, model_folders: dict[str, Path], max_file_bytes: Optional[int] = None
-    ):
+    def __init__(self, comfyui: Path, workdir: Path, model_folders: dict[str, Path], **server_options):
         # latent2rgb previews need no model file, so the sampler's previews can be checked.
         super().__init__(
-            comfyui, workdir, model_folders, extra_args=("--preview-method", "latent2rgb"), max_file_bytes=max_file_bytes
+            comfyui, workdir, model_folders, extra_args=("--preview-method", "latent2rgb"), **server_options
         )
         self.client_id = uuid.uuid4().hex
 
