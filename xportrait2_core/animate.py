@@ -23,7 +23,7 @@ from .media.source_crops import REFERENCE_IMAGE_SIZE, prepare_source_portrait
 from .media.video_writer import VideoWriter
 from .pipeline import XPortrait2Pipeline
 from .progress import ProgressFn
-from .sampling import SamplingSettings
+from .sampling import SamplingSettings, WindowPredictorFactory
 from .weights.loading import default_dtype
 from .weights.standalone_models import load_clip_image_encoder, load_temporal_vae
 
@@ -70,18 +70,41 @@ def load_pipeline(request: AnimateRequest, device: torch.device, dtype: torch.dt
     return XPortrait2Pipeline.from_folder(request.weights, clip, vae.encode, vae.decode, device=device, dtype=dtype)
 
 
-def animate_files(request: AnimateRequest, progress: Optional[ProgressFn] = None) -> Path:
+@dataclass(frozen=True)
+class LoadedModels:
+    """Everything :func:`animate_files` loads, kept across the jobs of a batch (``xportrait2 batch``)."""
+
+    detector: FaceDetectorRunner
+    pipeline: XPortrait2Pipeline
+
+
+def load_detector(request: AnimateRequest, device: torch.device) -> FaceDetectorRunner:
+    return FaceDetectorRunner.from_weights(find_yunet_weights(request.face_detector, [request.weights]), device=device)
+
+
+def load_all_models(request: AnimateRequest) -> LoadedModels:
+    device = pick_device(request.device)
+    dtype = request.dtype or default_dtype(device)
+    return LoadedModels(load_detector(request, device), load_pipeline(request, device, dtype))
+
+
+def animate_files(
+    request: AnimateRequest,
+    progress: Optional[ProgressFn] = None,
+    models: Optional[LoadedModels] = None,
+    window_predictor: Optional[WindowPredictorFactory] = None,
+) -> Path:
+    """Render ``request``; ``models`` (from :func:`load_all_models` of the same weights, device and
+    dtype) skips the loading, ``window_predictor`` runs the sampler's denoiser calls elsewhere."""
     check_request(request)
     take = DrivingTake.open(lambda: request.driving, request.driving.name, request.max_frames)
     image = load_image(request.source)
     device = pick_device(request.device)
     dtype = request.dtype or default_dtype(device)
-    detector = FaceDetectorRunner.from_weights(
-        find_yunet_weights(request.face_detector, [request.weights]), device=device
-    )
+    detector = models.detector if models else load_detector(request, device)
     portrait = prepare_source_portrait(image, detector, request.source.name, request.size)
     plan = plan_driving_crops(track_take(take, detector, progress))
-    pipeline = load_pipeline(request, device, dtype)
+    pipeline = models.pipeline if models else load_pipeline(request, device, dtype)
     tokens = [pipeline.encode_motion(crops) for crops in motion_crops(take, plan, progress)]
     latents = pipeline.sample(
         portrait.reference,
@@ -90,6 +113,7 @@ def animate_files(request: AnimateRequest, progress: Optional[ProgressFn] = None
         seed=request.seed,
         settings=request.settings,
         progress=progress,
+        window_predictor=window_predictor,
     )
     paste_back = PasteBack(image, portrait.reference_box) if request.paste_back else None
     with VideoWriter(request.output, take.info.fps, audio_from=request.driving) as writer:
