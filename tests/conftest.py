@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from tests.comfyui_server import HOW_TO_PROVIDE, find_comfyui
 from tests.golden import PARITY_RESULTS, GoldenFixture, fixture_dirs
+from tests.media_helpers import media
+from xportrait2_core.cli import main as cli
 from xportrait2_core.weights.loading import load_models
 
 torch.set_num_threads(2)
@@ -51,6 +55,15 @@ def comfyui_path():
     if path is None:
         pytest.skip(HOW_TO_PROVIDE)
     return path
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> Path:
+    """What the command line needs, tiny and random: the tiny-weights command's files and the face detector."""
+    folder = tmp_path_factory.mktemp("cli-weights")
+    assert cli(["tiny-weights", str(folder)]) == 0
+    shutil.copyfile(media("yunet_final.pth"), folder / "yunet_final.pth")
+    return folder
 
 
 @pytest.fixture(scope="session")

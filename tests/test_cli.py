@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import av
 import numpy as np
-import pytest
 import torch
 
 from tests.golden import REPO_ROOT
@@ -23,14 +21,6 @@ from xportrait2_core.media.images import load_image, save_image
 from xportrait2_core.media.video_reader import iter_frames, probe_video
 
 FAST = ["--steps", "2", "--offline"]
-
-
-@pytest.fixture(scope="session")
-def weights(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("cli-weights")
-    assert cli(["tiny-weights", str(folder)]) == 0
-    shutil.copyfile(media("yunet_final.pth"), folder / "yunet_final.pth")
-    return folder
 
 
 def run_cli(*args: str) -> tuple[int, str]:

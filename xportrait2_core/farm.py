@@ -29,7 +29,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 
 from .animate import AnimateRequest, load_all_models, pick_device
-from .batch import FAILED, BatchJob, JobResult, ResultCallback, finished_result, run_job
+from .batch import FAILED, BatchJob, JobResult, ResultCallback, finished_result, one_line, run_job
 from .media.video_writer import remove_partial_files
 from .sampling import Conditioning, WindowPredictions, predict_windows
 from .weights.loading import WeightFiles, load_models
@@ -64,7 +64,7 @@ def ray_cluster(address: Optional[str]) -> Iterator:
             else:
                 ray.init(include_dashboard=False, logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
         except (ConnectionError, RuntimeError, ValueError) as error:
-            raise FarmError(f"cannot start or reach Ray at {address or 'this computer'}: {error}") from None
+            raise FarmError(f"cannot start or reach Ray at {address or 'this computer'}: {one_line(error)}") from None
     try:
         yield ray
     finally:
@@ -175,7 +175,7 @@ def _run_queue(ray, jobs, queue, idle, running, new_worker, attempts, record) ->
             if tries < attempts:
                 queue.appendleft((index, tries))
             else:
-                error = f"its Ray worker died {tries} times; last: {str(death).strip().splitlines()[0]}"
+                error = f"its Ray worker died {tries} times; last: {one_line(death)}"
                 record(index, JobResult(job.label, FAILED, str(job.request.output), error=error))
             idle.append(new_worker())
 

@@ -23,6 +23,7 @@ import psutil
 LOOPBACK = "127.0.0.1"
 WORKER_PORTS = 32
 START_TIMEOUT = 120.0
+START_ATTEMPTS = 3
 
 
 def free_ports(count: int) -> list[int]:
@@ -92,12 +93,23 @@ def loopback_ray_cluster(num_cpus: int = 2) -> Iterator[tuple[str, subprocess.Po
         f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
         f"--metrics-export-port={metrics}", f"--worker-port-list={','.join(map(str, workers))}",
     ]
-    environment = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    with log.open("w") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=environment)
+    # A busy machine can be slow to register the raylet: the wait Ray suggests raising for that.
+    environment = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_raylet_start_wait_time_s="120")
     try:
-        _wait_until_up(address, process, log)
-        yield address, process
+        for attempt in range(1, START_ATTEMPTS + 1):
+            with log.open("w") as output:
+                process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=environment)
+            try:
+                _wait_until_up(address, process, log)
+                break
+            except RuntimeError:
+                stop_process_tree(process)
+                # `ray start` gives its raylet a fixed 30 s to register, which a busy machine can miss.
+                if attempt == START_ATTEMPTS or "timed out during startup" not in log.read_text():
+                    raise
+        try:
+            yield address, process
+        finally:
+            stop_process_tree(process)
     finally:
-        stop_process_tree(process)
         shutil.rmtree(temp_dir, ignore_errors=True)
