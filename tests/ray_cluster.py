@@ -94,7 +94,8 @@ def loopback_ray_cluster(num_cpus: int = 2) -> Iterator[tuple[str, subprocess.Po
         f"--metrics-export-port={metrics}", f"--worker-port-list={','.join(map(str, workers))}",
     ]
     # A busy machine can be slow to register the raylet: the wait Ray suggests raising for that.
-    environment = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_raylet_start_wait_time_s="120")
+    environment = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_raylet_start_wait_time_s="120",
+                       PYTHONUNBUFFERED="1")  # the log is read for "Ray runtime started" while it runs
     try:
         for attempt in range(1, START_ATTEMPTS + 1):
             with log.open("w") as output:
