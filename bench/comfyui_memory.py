@@ -4,7 +4,7 @@ against the IMAGE path, for takes of growing length. Prints a table; asserts not
 Both graphs do the same work on tiny random weights (the motion encoder is full size): face
 track, motion encoding, sampling, temporal decode, paste-back into the 512x512 photo, MP4.
 
-* VIDEO path, the shipped ``xportrait2_long_take`` workflow: Load Video -> Face Track (driving
+* VIDEO path, the shipped ``Portrait video - long take`` workflow: Load Video -> Face Track (driving
   VIDEO) -> Motion Encode (driving VIDEO) -> ... -> Decode to VIDEO -> Save Video.
 * IMAGE path, ``xportrait2_upscale_paste_back`` without its upscaler: Load Video -> Get Video
   Components -> Face Track & Crop -> Motion Encode -> ... -> Temporal Decode -> Paste Back ->
@@ -30,8 +30,7 @@ sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
 from memory import looped_driving_video  # noqa: E402
-from tests.comfyui_server import HOW_TO_PROVIDE, find_comfyui  # noqa: E402
-from tests.nodes_support import (  # noqa: E402
+from harness.comfyui_pack import (  # noqa: E402
     MEDIA,
     PHOTO,
     PackServer,
@@ -41,6 +40,7 @@ from tests.nodes_support import (  # noqa: E402
     with_input,
     write_models,
 )
+from harness.comfyui_server import HOW_TO_PROVIDE, find_comfyui  # noqa: E402
 
 
 def image_path_workflow(take: str, size: int, steps: int) -> dict:
@@ -52,7 +52,7 @@ def image_path_workflow(take: str, size: int, steps: int) -> dict:
 
 
 def video_path_workflow(take: str, size: int, steps: int) -> dict:
-    return with_input(api_workflow("xportrait2_long_take", size=size, steps=steps, seed=0), "LoadVideo", file=take)
+    return with_input(api_workflow("Portrait video - long take", size=size, steps=steps, seed=0), "LoadVideo", file=take)
 
 
 def vm_kib(server: PackServer, field: str) -> int:

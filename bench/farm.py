@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.ray_cluster import loopback_ray_cluster  # noqa: E402
+from harness.ray_cluster import loopback_ray_cluster  # noqa: E402
 from xportrait2_core.context_windows import context_windows  # noqa: E402
 from xportrait2_core.farm import RayWindowPool, ray_cluster  # noqa: E402
 from xportrait2_core.sampling import predict_windows  # noqa: E402

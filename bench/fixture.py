@@ -14,6 +14,7 @@ parameter names equal the official ones: tests/test_parity.py proves it).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -24,21 +25,20 @@ import torch.nn.functional as F
 import yaml
 from safetensors.torch import save_file
 
-from xportrait2_core.context_windows import context_windows
+from xportrait2_core.context_windows import SeededWindowOffsets, context_windows
 from xportrait2_core.models.config import OFFICIAL_ADDITIONAL_KWARGS, UNetConfig
-from xportrait2_core.models.motion_encoder import MotionEncoder
+from xportrait2_core.models.motion_encoder import CROP_SIZE, MotionEncoder
 from xportrait2_core.models.operations import LayerFactory, skip_init_operations
 from xportrait2_core.models.reference_unet import ReferenceUNet
 from xportrait2_core.models.unet3d import DenoisingUNet3D
-from xportrait2_core.pipeline import seeded_noise, seeded_offsets
+from xportrait2_core.reference_appearance import VAE_SCALING
+from xportrait2_core.sampling import seeded_noise
 from xportrait2_core.weights import checkpoint
 
-CROP = 224
 INPUTS_FILE = "inputs.safetensors"
 META_FILE = "bench_config.json"
 UNET_DIR = Path("pretrained_weights") / "sd-image-variations-diffusers" / "unet"
 YAML_PATH = Path("configs") / "inference" / "inference_xnemo_stage2.yaml"
-VAE_SCALING = 0.18215
 
 
 @dataclass(frozen=True)
@@ -259,7 +259,7 @@ def smooth_crops(count: int, generator: torch.Generator) -> torch.Tensor:
     keys = torch.rand(2, 3, 12, 12, generator=generator)
     weights = torch.linspace(0, 1, count)[:, None, None, None]
     low = (1 - weights) * keys[0] + weights * keys[1]
-    crops = F.interpolate(low, size=(CROP, CROP), mode="bilinear", align_corners=False)
+    crops = F.interpolate(low, size=(CROP_SIZE, CROP_SIZE), mode="bilinear", align_corners=False)
     crops = (crops + 0.05 * torch.randn(crops.shape, generator=generator)).clamp(0, 1)
     return torch.round(crops * 255) / 255
 
@@ -281,7 +281,7 @@ def make_inputs(config: BenchConfig) -> dict[str, torch.Tensor]:
         ),
         "init_noise": seeded_noise(config.seed, config.frames, size, size).contiguous(),
         "offsets": torch.tensor(
-            seeded_offsets(config.seed, config.steps, config.context_frames)
+            list(itertools.islice(SeededWindowOffsets(config.seed, config.context_frames), config.steps))
         ),
         # one denoiser call: a noisy window of latents, the CFG batch is formed by each side
         "call_latents": torch.randn(1, 4, window, size, size, generator=generator),

@@ -8,7 +8,7 @@ multiply-add = 2 FLOPs; element-wise work (norms, softmax, activations, bias add
 * ours: one guidance call per window (batch 2: the unconditional half does plain self-attention,
   the conditional half reads the cached reference keys/values), the motion encoder once per
   frame, the reference UNet once at batch 1 plus the keys/values projection once;
-* official: counted by running the official modules on meta (``official_driver.py flops``):
+* official: counted by running the official modules on meta (``official_flops.py``):
   one guidance call per window (reference attention computed for both halves, then the
   unconditional half redone as plain self-attention), the motion encoder for every frame of
   every window at every step, the reference UNet at batch 2.

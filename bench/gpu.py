@@ -220,15 +220,17 @@ def official_side(
     source: Path, our_models: XNemoModels, device, dtype, work: Path
 ) -> tuple[Side, float]:
     """The official networks with our weights (strict loads: the names are the same)."""
-    import official_driver
+    import official_flops
+    import official_import
+    import official_server
 
-    official = official_driver.import_official(source)
+    official = official_import.import_official(source)
     config_2d = {
         k: v
         for k, v in fixture.unet2d_config_json(video_config(24, 1)).items()
         if not k.startswith("_")
     }
-    networks = official_driver.build_official_networks(
+    networks = official_flops.build_official_networks(
         official, source, device, dtype, config_2d=config_2d
     )
     networks.reference_unet.load_state_dict(
@@ -249,7 +251,7 @@ def official_side(
         )
         for p in n.parameters()
     )
-    make = lambda inputs, config: official_driver.OfficialBench(
+    make = lambda inputs, config: official_server.OfficialBench(
         official, networks, inputs, config, work
     )
     return Side("official", make, motion_per_step=True), gib(weights)

@@ -1,5 +1,5 @@
 """Our engine (``xportrait2_core``) on the benchmark folder, with the same measured operations as
-``official_driver.py`` so that ``run.py`` can put them side by side.
+``official_server.py`` so that ``run.py`` can put them side by side.
 
 Our weights come through our own loader (``load_models``) from the official-layout files; CLIP
 and the VAE encoder are the same stand-ins as on the official side (they return the given

@@ -2,16 +2,16 @@
 
     python bench/run.py --official-python PY --official-src SRC
 
-prints four sections:
+prints these sections:
 
 1. side by side on this machine (CPU, fp32): the same random weights in the official file
    layout, the same inputs, window offsets and noise, run by the official pipeline (in its own
-   environment, a subprocess: ``official_driver.py``) and by ours, interleaved repeat by repeat;
+   environment, a subprocess: ``official_server.py``) and by ours, interleaved repeat by repeat;
    times, ratios, and the difference of the final latents (speed is never bought with a
    different result);
 2. FLOPs of one output frame at the official settings on the full-size model, ours and the
    official algorithm, with lower bounds on an H100 and on this CPU;
-3. whole-chain memory: not measured here yet (placeholder);
+3. (whole-chain memory is measured by ``bench/memory.py`` and ``bench/comfyui_memory.py``);
 4. a profile of our sampling run, by module kind and by operator.
 
 The official side needs a checkout of bytedance/x-nemo-inference (``--official-src`` or
@@ -41,7 +41,7 @@ import fixture
 import flops
 import profile_ours
 import torch
-from official_driver import REPLY_PREFIX
+from official_import import REPLY_PREFIX
 from ours import OursBench
 from safetensors.torch import load_file
 
@@ -54,15 +54,14 @@ SETUP_HINT = "see bench/README.md, 'The official side', for the setup"
 # The official side, a subprocess in its own environment
 # --------------------------------------------------------------------------------------------
 class OfficialProcess:
-    """``official_driver.py serve``: one JSON request per line in, one ``@@bench`` line out."""
+    """``official_server.py``: one JSON request per line in, one ``@@bench`` line out."""
 
     def __init__(self, python: str, source: str, work: Path, threads: int):
         self.log_path = work / "official_stderr.log"
         self.log = open(self.log_path, "w")  # noqa: SIM115  (open for the life of the subprocess)
         command = [
             python,
-            str(BENCH_DIR / "official_driver.py"),
-            "serve",
+            str(BENCH_DIR / "official_server.py"),
             "--official-src",
             source,
             "--work",
@@ -111,8 +110,7 @@ def official_flops(
 ) -> dict:
     command = [
         python,
-        str(BENCH_DIR / "official_driver.py"),
-        "flops",
+        str(BENCH_DIR / "official_flops.py"),
         "--official-src",
         source,
         "--latent-size",

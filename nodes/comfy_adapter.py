@@ -29,14 +29,13 @@ import torch
 from comfy.ldm.modules.attention import optimized_attention
 from comfy_api.v0_0_2 import InputImpl
 
-from ..xportrait2_core.context_windows import context_windows, window_offsets
+from ..xportrait2_core.context_windows import SeededWindowOffsets, context_windows
 from ..xportrait2_core.media.face_detector import FaceDetectorRunner, find_yunet_weights
 from ..xportrait2_core.models.operations import LayerFactory
-from ..xportrait2_core.pipeline import seeded_noise
-from ..xportrait2_core.sampling import Conditioning, gaussian_blur, predict_noise
+from ..xportrait2_core.sampling import Conditioning, blurred_start, predict_noise, seeded_noise
 from ..xportrait2_core.scheduler import ddim_timesteps
 from ..xportrait2_core.weights import checkpoint
-from ..xportrait2_core.weights.loading import XNemoModels, load_models
+from ..xportrait2_core.weights.loading import DTYPES, XNemoModels, load_models
 from ..xportrait2_core.weights.svd_vae_keys import diffusers_to_sgm, is_diffusers_temporal_vae
 
 MODEL_FOLDER = "xportrait2"
@@ -66,10 +65,6 @@ def weights_folder(denoiser_file: str) -> Path:
 
 def vae_file_choices() -> list[str]:
     return folder_paths.get_filename_list("vae")
-
-
-def compute_device() -> torch.device:
-    return model_management.get_torch_device()
 
 
 def output_device() -> torch.device:
@@ -139,9 +134,8 @@ def _patcher(network: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
 
 
 def weight_dtype(choice: str) -> torch.dtype:
-    fixed = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if choice in fixed:
-        return fixed[choice]
+    if choice in DTYPES:
+        return DTYPES[choice]
     # fp16 where ComfyUI would run a UNet in fp16 (the official precision), fp32 elsewhere.
     return model_management.unet_dtype(supported_dtypes=[torch.float16, torch.float32])
 
@@ -156,9 +150,12 @@ def load_xnemo(denoiser_file: str, dtype_choice: str) -> XNemoBundle:
     return XNemoBundle(models, _patcher(models.motion_encoder), _patcher(models.reference_unet), _patcher(denoiser))
 
 
-def make_resident(*patchers: comfy.model_patcher.ModelPatcher) -> None:
-    """Let ComfyUI's model management load these networks (and offload others as it sees fit)."""
+def make_resident(*patchers: comfy.model_patcher.ModelPatcher) -> torch.device:
+    """Let ComfyUI's model management load these networks (and offload others as it sees fit);
+    returns the device they compute on. Under dynamic VRAM (ComfyUI >= 0.4 on a GPU) the weights
+    stay in host memory and are streamed per layer, so their own device is not that device."""
     model_management.load_models_gpu(list(patchers))
+    return patchers[0].load_device
 
 
 def face_detector() -> FaceDetectorRunner:
@@ -182,7 +179,8 @@ def vae_encode(vae, image: torch.Tensor) -> torch.Tensor:
 
 
 def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
-    """Unscaled latents (n, 4, h, w) of one clip -> IMAGE (n, H, W, 3), in ONE decoder call.
+    """Unscaled latents (n, 4, h, w) of one clip -> frames (n, 3, H, W) in [0, 1], in ONE decoder
+    call (channels first, as the engine's paste-back takes them; the IMAGE output permutes).
 
     ``VAE.decode`` splits a batch by the free memory of the moment; the temporal decoder blends
     only the frames of one call, so that split would change the result from run to run."""
@@ -191,7 +189,7 @@ def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
         force_full_load=vae.disable_offload,
     )
     decoded = vae.first_stage_model.decode(latents.to(vae.device, vae.vae_dtype))
-    return vae.process_output(decoded.to(vae.output_device).float()).movedim(1, -1)
+    return vae.process_output(decoded.to(vae.output_device).float())
 
 
 def load_vae(vae_file: str):
@@ -280,13 +278,22 @@ def sigmas_for(bundle: XNemoBundle, scheduler: str, steps: int, sampler_name: Op
     return torch.cat([sigmas[:-2], sigmas[-1:]]) if discard else sigmas
 
 
+# ComfyUI's LATENT keeps frames as the batch (F, 4, h, w), the engine a video (1, 4, F, h, w):
+# these views are the one place where a latent crosses between the two.
+def engine_latents(samples: torch.Tensor) -> torch.Tensor:
+    return samples.transpose(0, 1).unsqueeze(0)
+
+
+def comfy_latents(latents: torch.Tensor) -> torch.Tensor:
+    return latents[0].transpose(0, 1)
+
+
 class WindowedGuider:
     """The model ComfyUI's samplers call: (x, sigma) -> denoised x0 for all frames.
 
-    Each call walks the context windows (one random offset per call from a generator seeded
-    with the sampler's seed, as the engine draws one per step) and returns the guided noise
-    prediction of the engine's :func:`predict_noise` converted to x0 with ComfyUI's epsilon
-    parameterisation."""
+    Each call walks the context windows (the next of the engine's seeded window offsets: one per
+    call here, one per step there) and returns the guided noise prediction of the engine's
+    :func:`predict_noise` converted to x0 with ComfyUI's epsilon parameterisation."""
 
     def __init__(
         self,
@@ -305,7 +312,7 @@ class WindowedGuider:
         self.cfg = guidance
         self.context_frames = context_frames
         self.context_overlap = context_overlap
-        self.offsets = torch.Generator("cpu").manual_seed(seed)
+        self.offsets = SeededWindowOffsets(seed, context_frames)
         self.tick = tick
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict = {}, seed=None) -> torch.Tensor:
@@ -318,14 +325,10 @@ class WindowedGuider:
         unet = self.inner_model.diffusion_model
         weight = unet.conv_in.weight
         timestep = int(model_sampling.timestep(sigma[:1])[0])
-        offset = window_offsets(self.offsets, 1, self.context_frames)[0]
-        windows = context_windows(x.shape[0], self.context_frames, self.context_overlap, offset)
+        windows = context_windows(x.shape[0], self.context_frames, self.context_overlap, next(self.offsets))
         model_input = model_sampling.calculate_input(sigma, x).to(weight.dtype)
-        # ComfyUI keeps frames as the batch (F, 4, h, w); the engine as (1, 4, F, h, w).
-        eps = predict_noise(
-            unet, model_input.transpose(0, 1).unsqueeze(0), timestep, self.conditioning, windows, self.cfg, self.tick
-        )
-        return model_sampling.calculate_denoised(sigma, eps[0].transpose(0, 1).to(x.dtype), x)
+        eps = predict_noise(unet, engine_latents(model_input), timestep, self.conditioning, windows, self.cfg, self.tick)
+        return model_sampling.calculate_denoised(sigma, comfy_latents(eps).to(x.dtype), x)
 
 
 def sample_frames(
@@ -342,8 +345,7 @@ def sample_frames(
     """Run a ComfyUI sampler over all frames: scaled reference latent (1, 4, h, w) -> the
     LATENT samples (F, 4, h, w) (unscaled, as ComfyUI's VAE Decode takes them)."""
     patcher = bundle.denoiser
-    make_resident(patcher)
-    device, dtype = patcher.load_device, bundle.models.denoiser.conv_in.weight.dtype
+    device, dtype = make_resident(patcher), bundle.models.denoiser.conv_in.weight.dtype
     frames = conditioning.motion_tokens.shape[0]
     height, width = reference_latent.shape[-2:]
     conditioning = Conditioning(
@@ -352,11 +354,10 @@ def sample_frames(
         conditioning.image_embeds.to(device, dtype),
         conditioning.reference.to(device, dtype),
     )
-    # Same noise as ComfyUI's prepare_noise for a LATENT batch of F frames and this seed.
-    noise = seeded_noise(seed, frames, height, width)[0].transpose(0, 1).contiguous()
+    noise = comfy_latents(seeded_noise(seed, frames, height, width)).contiguous()
     # The sampler adds sigma_0 * noise to this start; at the official first sigma the model then
     # sees sqrt(a)*blur + sqrt(1-a)*noise, the official initial latents.
-    start = gaussian_blur(reference_latent.float().cpu()).expand(frames, -1, -1, -1).contiguous()
+    start = comfy_latents(blurred_start(reference_latent.float().cpu(), frames)).contiguous()
     windows = len(context_windows(frames, context_frames, context_overlap, 0))
     progress = StepProgress(windows * (len(sigmas) - 1))
     previewer = latent_preview.get_previewer(device, bundle.latent_format)

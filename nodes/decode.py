@@ -11,7 +11,7 @@ from ..xportrait2_core.media.paste_back import PasteBack, write_animation
 from ..xportrait2_core.media.video_writer import VideoWriter
 from ..xportrait2_core.pipeline import DECODE_CHUNK
 from . import comfy_adapter
-from .types import CATEGORY, DrivingVideo, SourceFace, XP2DrivingVideo, XP2Source, images_to_engine
+from .types import CATEGORY, DrivingVideo, SourceFace, XP2DrivingVideo, XP2Source, engine_to_images
 
 
 def _frames_per_clip_input() -> io.Int.Input:
@@ -22,7 +22,7 @@ def _frames_per_clip_input() -> io.Int.Input:
 
 
 def _decoded_clips(vae, samples: torch.Tensor, frames_per_clip: int):
-    """IMAGE clips (n, H, W, 3), one decoder call each, ticking the node's progress bar in frames."""
+    """Frame clips (n, 3, H, W), one decoder call each, ticking the node's progress bar in frames."""
     count = samples.shape[0]
     progress = comfy_adapter.StepProgress(count)
     for start in range(0, count, frames_per_clip):
@@ -74,7 +74,7 @@ class XPortrait2TemporalDecode(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae, latent: dict, frames_per_clip: int) -> io.NodeOutput:
-        return io.NodeOutput(torch.cat(list(_decoded_clips(vae, latent["samples"], frames_per_clip))))
+        return io.NodeOutput(engine_to_images(torch.cat(list(_decoded_clips(vae, latent["samples"], frames_per_clip)))))
 
 
 class XPortrait2DecodeToVideo(io.ComfyNode):
@@ -117,7 +117,7 @@ class XPortrait2DecodeToVideo(io.ComfyNode):
         paste_back = None
         if source_face is not None:
             paste_back = PasteBack(source_face.picture, source_face.portrait.reference_box, feather)
-        clips = (images_to_engine(clip) for clip in _decoded_clips(vae, latent["samples"], frames_per_clip))
+        clips = _decoded_clips(vae, latent["samples"], frames_per_clip)
         path = comfy_adapter.temp_video_path()
         with VideoWriter(path, take.info.fps, audio_from=take.open_source()) as writer:
             write_animation(writer, clips, paste_back)

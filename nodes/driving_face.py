@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..xportrait2_core.media.driving_take import READ_CHUNK, DrivingTake, track_take
+from ..xportrait2_core.media.driving_take import DrivingTake, track_take
 from ..xportrait2_core.media.face_track import crop_driving_frames, plan_driving_crops, track_face
+from ..xportrait2_core.models.motion_encoder import MOTION_BATCH
 from . import comfy_adapter
 from .types import CATEGORY, DrivingTrack, DrivingVideo, XP2DrivingTrack, XP2DrivingVideo, engine_to_images
 
@@ -47,7 +48,7 @@ class XPortrait2DrivingFaceTrack(io.ComfyNode):
         _require_two_frames(count)
 
         def chunks():
-            return (frames[start : start + READ_CHUNK, ..., :3] for start in range(0, count, READ_CHUNK))
+            return (frames[start : start + MOTION_BATCH, ..., :3] for start in range(0, count, MOTION_BATCH))
 
         track = track_face(chunks(), comfy_adapter.face_detector())
         plan = plan_driving_crops(track)

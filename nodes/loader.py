@@ -26,7 +26,7 @@ class XPortrait2Loader(io.ComfyNode):
                     tooltip="xnemo_denoising_unet.pth / .safetensors in models/xportrait2 (or a subfolder)",
                 ),
                 io.Combo.Input(
-                    "weight_dtype", options=["auto", "fp32", "fp16", "bf16"], default="auto",
+                    "weight_dtype", options=["auto", *comfy_adapter.DTYPES], default="auto",
                     tooltip="auto: fp16 where ComfyUI runs UNets in fp16 (the official precision), else fp32",
                 ),
             ],

@@ -8,8 +8,9 @@ from collections.abc import Iterable
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..xportrait2_core.identity_filtered_motion import FEATURE_BATCH, encode_features
+from ..xportrait2_core.identity_filtered_motion import encode_features
 from ..xportrait2_core.media.driving_take import counted, motion_crops
+from ..xportrait2_core.models.motion_encoder import MOTION_BATCH
 from . import comfy_adapter
 from .types import (
     CATEGORY,
@@ -33,12 +34,12 @@ def _encode(xnemo_models, driving_chunks: Iterable[torch.Tensor], source_face: t
             f"source_face must be the one face crop of the source portrait, got {source_face.shape[0]} images "
             "(are driving_faces and source_face swapped?)"
         )
-    comfy_adapter.make_resident(xnemo_models.motion_encoder)
+    device = comfy_adapter.make_resident(xnemo_models.motion_encoder)
     encoder = xnemo_models.models.motion_encoder
     output = comfy_adapter.output_device()
     # Each chunk's features leave the compute device at once: only (F, 512) is kept for the take.
-    driving = torch.cat([encode_features(encoder, chunk).to(output) for chunk in driving_chunks])
-    source = encode_features(encoder, images_to_engine(source_face))
+    driving = torch.cat([encode_features(encoder, chunk, device=device).to(output) for chunk in driving_chunks])
+    source = encode_features(encoder, images_to_engine(source_face), device=device)
     return MotionFeatures(driving, source.to(output))
 
 
@@ -62,7 +63,7 @@ class XPortrait2MotionEncode(io.ComfyNode):
     def execute(cls, xnemo_models, driving_faces: torch.Tensor, source_face: torch.Tensor) -> io.NodeOutput:
         count = driving_faces.shape[0]
         progress = comfy_adapter.StepProgress(count)
-        batches = (images_to_engine(driving_faces[i : i + FEATURE_BATCH]) for i in range(0, count, FEATURE_BATCH))
+        batches = (images_to_engine(driving_faces[i : i + MOTION_BATCH]) for i in range(0, count, MOTION_BATCH))
         features = _encode(xnemo_models, counted(batches, "motion", count, progress.engine_callback), source_face)
         return io.NodeOutput(features)
 

@@ -50,12 +50,12 @@ class XPortrait2MotionLatents(io.ComfyNode):
         cls, xnemo_models, motion_features, motion_intensity: float, relative_to_neutral: bool, neutral_frame: int,
         temporal_smoothing: float,
     ) -> io.NodeOutput:
-        comfy_adapter.make_resident(xnemo_models.motion_encoder)
+        device = comfy_adapter.make_resident(xnemo_models.motion_encoder)
         encoder = xnemo_models.models.motion_encoder
-        weight = next(encoder.parameters())
+        dtype = next(encoder.parameters()).dtype
         controls = MotionControls(motion_intensity, relative_to_neutral, neutral_frame, temporal_smoothing)
         driving, negative = identity_filtered_tokens(
-            encoder, motion_features.driving.to(weight), motion_features.source.to(weight), controls
+            encoder, motion_features.driving.to(device, dtype), motion_features.source.to(device, dtype), controls
         )
         output = comfy_adapter.output_device()
         return io.NodeOutput(MotionTokens(driving.to(output), negative.to(output)))

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..xportrait2_core.pipeline import XPortrait2Pipeline
+from ..xportrait2_core.reference_appearance import check_reference_size, encode_reference
 from . import comfy_adapter
-from .types import CATEGORY, ReferenceAppearance, XP2Models, XP2Reference, images_to_engine
+from .types import CATEGORY, ReferenceAppearance, XP2Models, XP2Reference
 
 
 class XPortrait2ReferenceAppearance(io.ComfyNode):
@@ -35,6 +35,7 @@ class XPortrait2ReferenceAppearance(io.ComfyNode):
     def execute(cls, xnemo_models, reference_image: torch.Tensor, clip_vision, vae) -> io.NodeOutput:
         if reference_image.shape[0] != 1:
             raise ValueError(f"reference_image must be one image, got a batch of {reference_image.shape[0]}")
+        check_reference_size(*reference_image.shape[1:3])
         expected = xnemo_models.models.unet_config.cross_attention_dim
         # CLIP and VAE first: loading them may offload our networks, which are loaded after.
         image_embeds = comfy_adapter.clip_image_embeds(clip_vision, reference_image)
@@ -50,10 +51,7 @@ class XPortrait2ReferenceAppearance(io.ComfyNode):
                 f"the VAE gives latents of shape {tuple(latent_mean.shape)}; X-NeMo needs an SD-family VAE with 4 "
                 "latent channels (the SVD temporal VAE or an SD 1.5 VAE)"
             )
-        comfy_adapter.make_resident(xnemo_models.reference_unet, xnemo_models.denoiser)
-        pipeline = XPortrait2Pipeline(
-            xnemo_models.models, image_encoder=lambda image: image_embeds, vae_encoder=lambda image: latent_mean
-        )
-        latent, embeds, keys_values = pipeline.encode_reference(images_to_engine(reference_image)[0])
+        device = comfy_adapter.make_resident(xnemo_models.reference_unet, xnemo_models.denoiser)
+        latent, embeds, keys_values = encode_reference(xnemo_models.models, latent_mean, image_embeds, device)
         output = comfy_adapter.output_device()
         return io.NodeOutput(ReferenceAppearance(latent.to(output), embeds.to(output), keys_values.to(output)))

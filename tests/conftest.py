@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.comfyui_server import HOW_TO_PROVIDE, find_comfyui
+from harness.comfyui_pack import write_models
+from harness.comfyui_server import HOW_TO_PROVIDE, find_comfyui
+from harness.media import media
 from tests.golden import PARITY_RESULTS, GoldenFixture, fixture_dirs
-from tests.media_helpers import media
 from xportrait2_core.cli import main as cli
 from xportrait2_core.weights.loading import load_models
 
@@ -80,6 +81,12 @@ def tiny_weights(tiny_fixture, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_models(tiny_weights):
     return load_models(tiny_weights, device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def xp2_models(tmp_path_factory) -> dict[str, Path]:
+    """The random model files the node-pack tests load (folder_paths name -> folder), written once."""
+    return write_models(tmp_path_factory.mktemp("xp2-models"))
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
+from harness import SHARED
+
 GOLDEN_ROOT = SHARED / "golden"
 
 # Every comparison made in this session, printed as the parity table at the end of the run.

@@ -1,4 +1,5 @@
-"""Loading the official weight files: strictness, clear errors, provenance, conversion."""
+"""Loading the official weight files: strictness, clear errors, provenance, conversion, and the
+SVD VAE key map."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from tests.golden import GOLDEN_ROOT
@@ -19,6 +21,7 @@ from xportrait2_core.models.unet3d import DenoisingUNet3D
 from xportrait2_core.weights import checkpoint
 from xportrait2_core.weights.checkpoint import CheckpointError, read_state_dict
 from xportrait2_core.weights.loading import load_models
+from xportrait2_core.weights.svd_vae_keys import diffusers_to_sgm, is_diffusers_temporal_vae
 
 SMALL_FILES = (checkpoint.DENOISER, checkpoint.TEMPORAL, checkpoint.REFERENCE)
 
@@ -190,3 +193,43 @@ def test_full_size_key_inventory():
     assert shapes(reference) == official(checkpoint.REFERENCE)
     assert shapes(motion) == official(checkpoint.MOTION_ENCODER)
     assert (len(shapes(denoiser)), len(shapes(reference)), len(shapes(motion))) == (1820, 682, 407)
+
+
+@pytest.fixture(scope="module")
+def tiny_svd_vae():
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    return diffusers.AutoencoderKLTemporalDecoder(
+        block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2, layers_per_block=1
+    ).eval()
+
+
+def test_svd_vae_keys_renamed_to_comfyui_layout(tiny_svd_vae):
+    state = tiny_svd_vae.state_dict()
+    assert is_diffusers_temporal_vae(state)
+    converted = diffusers_to_sgm(state)
+    assert len(converted) == len(state) - 2  # quant_conv folded into encoder.conv_out
+    for key in (
+        "decoder.mid.block_1.mix_factor", "decoder.mid.block_1.time_stack.in_layers.2.weight",
+        "decoder.mid.attn_1.q.weight", "decoder.up.0.block.1.conv1.weight", "decoder.up.1.upsample.conv.weight",
+        "decoder.conv_out.time_mix_conv.weight", "decoder.norm_out.weight", "encoder.down.0.downsample.conv.weight",
+        "encoder.down.1.block.0.nin_shortcut.weight", "encoder.mid.attn_1.proj_out.weight",
+    ):
+        assert key in converted, key
+    assert converted["decoder.mid.attn_1.q.weight"].ndim == 4
+    # The highest-resolution diffusers up block (the last) is SGM's up.0.
+    torch.testing.assert_close(
+        converted["decoder.up.0.block.0.conv1.weight"], state["decoder.up_blocks.1.resnets.0.spatial_res_block.conv1.weight"]
+    )
+
+
+def test_folded_quant_conv_gives_the_same_encoder_output(tiny_svd_vae):
+    state = tiny_svd_vae.state_dict()
+    converted = diffusers_to_sgm(state)
+    features = torch.randn(1, state["encoder.conv_out.weight"].shape[1], 8, 8)
+    original = F.conv2d(
+        F.conv2d(features, state["encoder.conv_out.weight"], state["encoder.conv_out.bias"], padding=1),
+        state["quant_conv.weight"], state["quant_conv.bias"],
+    )
+    folded = F.conv2d(features, converted["encoder.conv_out.weight"], converted["encoder.conv_out.bias"], padding=1)
+    torch.testing.assert_close(folded, original, rtol=1e-5, atol=1e-5)

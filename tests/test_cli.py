@@ -14,10 +14,10 @@ import av
 import numpy as np
 import torch
 
-from tests.golden import REPO_ROOT
-from tests.media_helpers import media, write_driving_clip
+from harness import REPO_ROOT
+from harness.media import media, save_image, write_driving_clip
 from xportrait2_core.cli import main as cli
-from xportrait2_core.media.images import load_image, save_image
+from xportrait2_core.media.images import load_image
 from xportrait2_core.media.video_reader import iter_frames, probe_video
 
 FAST = ["--steps", "2", "--offline"]

@@ -15,37 +15,40 @@ import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, quote, urlparse
 
 import numpy as np
 import psutil
 import pytest
+import torch
 
-from tests.comfyui_server import PACK_NAME
-from tests.golden import REPO_ROOT
-from tests.nodes_support import (
+from harness import REPO_ROOT
+from harness.comfyui_pack import (
     DENOISER_FILE,
     NO_FACE_IMAGE,
     ONE_FRAME_CLIP,
     SHORT_CLIP,
     TEST_FRAMES,
     TEST_SIZE,
+    UPSCALE,
     WORKFLOWS,
     PackServer,
+    api_twin_path,
     api_workflow,
     error_message,
     nodes_of_type,
+    tiny_upscaler,
     video_frames,
     with_input,
     write_inputs,
-    xp2_models_fixture,  # noqa: F401 (pytest fixture "xp2_models")
 )
+from harness.comfyui_server import PACK_NAME
 from xportrait2_core.weights import checkpoint
 
-PHOTO_TO_VIDEO = "xportrait2_photo_to_video"
-UPSCALE_PASTE_BACK = "xportrait2_upscale_paste_back"
-ADVANCED_SAMPLER = "xportrait2_advanced_sampler"
-LONG_TAKE = "xportrait2_long_take"  # run by test_comfyui_long_take.py
+PHOTO_TO_VIDEO = "Portrait to animated video"
+UPSCALE_PASTE_BACK = "Portrait video - upscaled"
+ADVANCED_SAMPLER = "Portrait video - any sampler"
+LONG_TAKE = "Portrait video - long take"  # run by test_comfyui_long_take.py
 SHIPPED = (PHOTO_TO_VIDEO, UPSCALE_PASTE_BACK, ADVANCED_SAMPLER, LONG_TAKE)
 WRONG_NETWORK = "wrong_network"
 PACK_NODES = {
@@ -119,7 +122,7 @@ def test_pack_nodes_listed_with_official_defaults(server):
 def test_shipped_workflows_are_listed_as_templates(server):
     templates = server.get_json("/workflow_templates")
     assert sorted(templates.get(PACK_NAME, [])) == sorted(SHIPPED), templates
-    served = server.get_json(f"/api/workflow_templates/{PACK_NAME}/{PHOTO_TO_VIDEO}.json")
+    served = server.get_json(f"/api/workflow_templates/{PACK_NAME}/{quote(PHOTO_TO_VIDEO)}.json")
     assert {node["type"] for node in served["nodes"]} >= {"XPortrait2Sampler", "SaveVideo"}
 
 
@@ -128,7 +131,7 @@ def test_ui_workflow_converts_to_its_api_twin(server, name):
     workflow_to_api = pytest.importorskip("comfy_cli.workflow_to_api")
     info = server.get_json("/object_info")
     converted = workflow_to_api.convert_ui_to_api(json.loads((WORKFLOWS / f"{name}.json").read_text()), info)
-    twin = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
+    twin = json.loads(api_twin_path(name, server.comfyui).read_text())
     graph = lambda workflow: {k: (v["class_type"], v["inputs"]) for k, v in workflow.items()}  # noqa: E731
     assert graph(converted) == graph(twin)
 
@@ -144,9 +147,25 @@ def test_photo_to_video_workflow_writes_mp4(server):
 
 
 def test_upscale_and_paste_back_workflow_gives_full_resolution(server):
+    workflow = api_workflow(UPSCALE_PASTE_BACK, seed=1)
+    # Also keep what the upscaler got and what it gave (lossless), to check the real model ran.
+    decode = nodes_of_type(workflow, "XPortrait2TemporalDecode")[0]
+    upscale = nodes_of_type(workflow, "ImageUpscaleWithModel")[0]
+    workflow["901"] = {"class_type": "SaveImage", "inputs": {"images": [decode, 0], "filename_prefix": "raw/decoded"}}
+    workflow["902"] = {"class_type": "SaveImage", "inputs": {"images": [upscale, 0], "filename_prefix": "raw/upscaled"}}
     started = time.monotonic()
-    history = server.run_ok(api_workflow(UPSCALE_PASTE_BACK, seed=1))
+    history = server.run_ok(workflow)
     MEASUREMENTS["upscale_paste_back_s"] = round(time.monotonic() - started, 1)
+    decoded, upscaled = server.saved_images(history, "901"), server.saved_images(history, "902")
+    assert upscaled.shape == (TEST_FRAMES, UPSCALE * TEST_SIZE, UPSCALE * TEST_SIZE, 3)
+    # The tiny Real-ESRGAN Compact network, run here on the (8-bit) decoded frames, gives the
+    # same pixels: the core upscaler node really ran the spandrel model, not a resize.
+    with torch.no_grad():
+        expected = tiny_upscaler()(torch.from_numpy(decoded).float().div(255).permute(0, 3, 1, 2))
+    expected = expected.clamp(0, 1).mul(255).round().permute(0, 2, 3, 1).numpy()
+    difference = np.abs(upscaled - expected)
+    MEASUREMENTS["upscaler_vs_reference_max_abs"] = float(difference.max())
+    assert difference.mean() < 1.0 and difference.max() <= 8, (difference.mean(), difference.max())
     frames = _video_of(server, history)
     photo = server.workdir / "input" / "photo_ref.png"
     from PIL import Image

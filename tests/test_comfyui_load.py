@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.comfyui_server import PACK_NAME, ComfyUIServer
+from harness.comfyui_server import PACK_NAME, ComfyUIServer
 
 
 def test_pack_imports_in_comfyui(comfyui_path, tmp_path):

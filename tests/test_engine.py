@@ -1,5 +1,5 @@
 """Engine behaviour beyond parity: the context-window schedule, seeded reproducibility,
-progress and stopping, input checks."""
+progress and stopping, input checks, the motion stage and its artist controls."""
 
 from __future__ import annotations
 
@@ -7,9 +7,15 @@ import pytest
 import torch
 
 from xportrait2_core.context_windows import context_windows, window_offsets
-from xportrait2_core.pipeline import XPortrait2Pipeline, seeded_noise
+from xportrait2_core.identity_filtered_motion import (
+    MotionControls,
+    apply_controls,
+    encode_features,
+    tokens_from_features,
+)
+from xportrait2_core.pipeline import XPortrait2Pipeline
 from xportrait2_core.progress import Cancelled
-from xportrait2_core.sampling import SamplingSettings
+from xportrait2_core.sampling import SamplingSettings, seeded_noise
 
 
 @pytest.mark.parametrize("frames", [24, 25, 50, 97, 230])
@@ -115,3 +121,43 @@ def test_bad_inputs(tiny_run):
         pipeline.sample(**{**inputs, "driving_faces": torch.rand(0, 3, 224, 224)}, settings=settings)
     with pytest.raises(ValueError, match="window offsets"):
         pipeline.sample(**inputs, settings=settings, offsets=[0])
+
+
+def test_features_then_tokens_equal_the_motion_encoder(tiny_models):
+    encoder = tiny_models.motion_encoder
+    faces = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    boxes = torch.tensor([[0.0, 0.0, 1.0]]).expand(2, 3)
+    expected = encoder(faces * 2 - 1, boxes)
+    tokens = tokens_from_features(encoder, encode_features(encoder, faces, batch_size=1))
+    torch.testing.assert_close(tokens, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_default_controls_leave_tokens_untouched():
+    driving = torch.randn(5, 32, 16)
+    assert apply_controls(driving, torch.randn(32, 16), MotionControls()) is driving
+
+
+def test_relative_motion_puts_the_neutral_frame_on_the_source_face():
+    driving, source = torch.randn(5, 32, 16), torch.randn(32, 16)
+    tokens = apply_controls(driving, source, MotionControls(relative_to_neutral=True, neutral_frame=2))
+    torch.testing.assert_close(tokens[2], source)
+    torch.testing.assert_close(tokens[4] - tokens[0], driving[4] - driving[0])
+
+
+def test_intensity_scales_motion_around_the_rest_pose():
+    driving = torch.randn(5, 32, 16)
+    still = apply_controls(driving, torch.randn(32, 16), MotionControls(intensity=0.0))
+    torch.testing.assert_close(still, driving[0].expand_as(driving))
+    half = apply_controls(driving, torch.randn(32, 16), MotionControls(intensity=0.5))
+    torch.testing.assert_close(half - driving[0], (driving - driving[0]) / 2)
+
+
+def test_smoothing_reduces_frame_to_frame_jitter():
+    driving = torch.randn(40, 32, 16)
+    smoothed = apply_controls(driving, torch.randn(32, 16), MotionControls(smoothing=2.0))
+    assert smoothed.diff(dim=0).abs().mean() < 0.5 * driving.diff(dim=0).abs().mean()
+
+
+def test_neutral_frame_outside_the_video_is_a_clear_error():
+    with pytest.raises(ValueError, match="outside the 5 driving frames"):
+        apply_controls(torch.randn(5, 32, 16), torch.randn(32, 16), MotionControls(relative_to_neutral=True, neutral_frame=5))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.media_helpers import media
+from harness.media import media
 from xportrait2_core.media.crops import CropBox, FaceBox
 from xportrait2_core.media.face_detector import (
     YUNET_FILE_NAME,

@@ -15,9 +15,9 @@ import psutil
 import pytest
 import torch
 
-from tests.golden import REPO_ROOT
-from tests.media_helpers import media, write_driving_clip
-from tests.ray_cluster import loopback_ray_cluster
+from harness import REPO_ROOT
+from harness.media import media, write_driving_clip
+from harness.ray_cluster import loopback_ray_cluster
 from tests.test_cli import leftovers, run_cli
 from xportrait2_core.batch import ManifestError, jobs_from_folders, read_manifest
 from xportrait2_core.cli import main as cli

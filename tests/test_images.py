@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.media_helpers import media, write_png_16bit
-from xportrait2_core.media.images import MediaError, load_image, save_image
+from harness.media import media, save_image, write_png_16bit
+from xportrait2_core.media.images import MediaError, load_image
 
 
 @pytest.fixture(scope="module")

@@ -17,16 +17,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.comfyui_server import PACK_NAME
-from tests.golden import REPO_ROOT, SHARED
-from tests.nodes_support import (  # noqa: F401 (pytest fixture "xp2_models")
-    TEST_FRAMES,
-    PackServer,
-    api_workflow,
-    video_frames,
-    write_inputs,
-    xp2_models_fixture,
-)
+import pytest
+
+from harness import REPO_ROOT, SHARED
+from harness.comfyui_pack import TEST_FRAMES, PackServer, api_workflow, video_frames, write_inputs
+from harness.comfyui_server import PACK_NAME
 
 QUICK_START_MARKER = "<!-- quick-start:"
 # The PyTorch build the quick start's venv gets before `pip install .` (the README says to install
@@ -92,6 +87,7 @@ def test_readme_quick_start_works_verbatim_in_a_fresh_venv(tmp_path):
         shutil.rmtree(venv, ignore_errors=True)
 
 
+@pytest.mark.fresh_comfyui
 def test_manager_style_install_into_a_fresh_comfyui_runs_a_workflow(comfyui_path, xp2_models, tmp_path):
     comfyui, venv = tmp_path / "ComfyUI", tmp_path / "venv"
     try:
@@ -110,7 +106,7 @@ def test_manager_style_install_into_a_fresh_comfyui_runs_a_workflow(comfyui_path
         with server:
             log = server.log_text()
             assert f"custom_nodes/{PACK_NAME}" in log and "IMPORT FAILED" not in log, log[-3000:]
-            history = server.run_ok(api_workflow("xportrait2_photo_to_video", seed=7))
+            history = server.run_ok(api_workflow("Portrait to animated video", seed=7))
         videos = [f for f in server.output_files(history) if f.suffix == ".mp4"]
         assert len(videos) == 1 and video_frames(videos[0]).shape[0] == TEST_FRAMES
     finally:

@@ -1,6 +1,8 @@
 """The node chain reproduces the engine API: the Temporal Sampler node's latents (default
 ddim + xnemo_ddim, several context windows with seeded offsets) equal
-``XPortrait2Pipeline.sample`` for the same seed, inputs and models.
+``XPortrait2Pipeline.sample`` for the same seed, inputs and models; the networks' patchers are
+built through ComfyUI's CoreModelPatcher where it exists (what dynamic VRAM swaps on a GPU), and
+after unloading every model the chain runs again to the same latents, bit for bit.
 
 ComfyUI is imported in a child process (its own top-level ``nodes`` module must not meet this
 repository's ``nodes`` package, which pytest puts on ``sys.path``); the child loads the pack
@@ -16,8 +18,8 @@ import sys
 import textwrap
 
 
-from tests.golden import REPO_ROOT
-from tests.nodes_support import CLIP_FILE, DENOISER_FILE, MEDIA, PHOTO, VAE_FILE, xp2_models_fixture  # noqa: F401 (pytest fixture "xp2_models")
+from harness import REPO_ROOT
+from harness.comfyui_pack import CLIP_FILE, DENOISER_FILE, MEDIA, PHOTO, VAE_FILE
 
 CHILD = textwrap.dedent(
     """
@@ -31,7 +33,14 @@ CHILD = textwrap.dedent(
     pack = importlib.util.module_from_spec(spec)
     sys.modules["xp2pack"] = pack
     spec.loader.exec_module(pack)
-    import folder_paths, comfy.clip_vision
+    import folder_paths, comfy.clip_vision, comfy.model_management, comfy.model_patcher
+    # What ComfyUI >= 0.4 does at start on a GPU (main.py swaps in ModelPatcherDynamic), here with
+    # a marker class: the pack must build its patchers through whatever CoreModelPatcher is then.
+    if hasattr(comfy.model_patcher, "CoreModelPatcher"):
+        comfy.model_patcher.CoreModelPatcher = type("SwappedCorePatcher", (comfy.model_patcher.CoreModelPatcher,), {})
+        expected_patcher = "SwappedCorePatcher"
+    else:
+        expected_patcher = "ModelPatcher"
     from xp2pack import nodes
     from xp2pack.nodes import comfy_adapter
     from xp2pack.xportrait2_core.media.images import load_image
@@ -50,11 +59,21 @@ CHILD = textwrap.dedent(
     frames = torch.cat([chunk.float() / 255 for chunk in iter_frames(video, max_frames=10, chunk_size=10)])
     reference_image, face_crop, source = result(nodes.XPortrait2SourceFaceCrop.execute(photo_image, size))
     driving_crops, track = result(nodes.XPortrait2DrivingFaceTrack.execute(frames))
-    features, = result(nodes.XPortrait2MotionEncode.execute(bundle, driving_crops, face_crop))
-    motion, = result(nodes.XPortrait2MotionLatents.execute(bundle, features, 1.0, False, 0, 0.0))
-    reference, = result(nodes.XPortrait2ReferenceAppearance.execute(bundle, reference_image, clip, vae))
-    latent, = result(nodes.XPortrait2Sampler.execute(
-        bundle, reference, motion, seed, 2.5, context, overlap, steps, "ddim", "xnemo_ddim"))
+
+    def animate():
+        features, = result(nodes.XPortrait2MotionEncode.execute(bundle, driving_crops, face_crop))
+        motion, = result(nodes.XPortrait2MotionLatents.execute(bundle, features, 1.0, False, 0, 0.0))
+        reference, = result(nodes.XPortrait2ReferenceAppearance.execute(bundle, reference_image, clip, vae))
+        return result(nodes.XPortrait2Sampler.execute(
+            bundle, reference, motion, seed, 2.5, context, overlap, steps, "ddim", "xnemo_ddim"))[0]
+
+    latent = animate()
+    # Unload every network, then run the whole chain again: the patchers load again, same latents.
+    ours_patchers = (bundle.motion_encoder, bundle.reference_unet, bundle.denoiser)
+    comfy.model_management.unload_all_models()
+    loaded = [m.model for m in comfy.model_management.current_loaded_models]
+    unloaded = not any(p in loaded for p in ours_patchers)
+    again = animate()
 
     pipeline = XPortrait2Pipeline(
         bundle.models,
@@ -72,12 +91,14 @@ CHILD = textwrap.dedent(
         "shape": list(ours.shape), "expected_shape": list(expected.shape),
         "relative_l2": difference.item(), "max_abs": (ours - expected).abs().max().item(),
         "scale": expected.abs().max().item(), "frames": frames.shape[0],
+        "patcher_classes": sorted({type(p).__name__ for p in ours_patchers}), "expected_patcher": expected_patcher,
+        "unloaded": unloaded, "rerun_equal": bool(again["samples"].equal(ours)),
     }))
     """
 ) % {"denoiser": DENOISER_FILE, "clip": CLIP_FILE, "vae": VAE_FILE}
 
 
-def test_sampler_node_latents_equal_engine_api(comfyui_path, xp2_models):
+def test_sampler_node_latents_equal_engine_api_and_survive_unloading(comfyui_path, xp2_models):
     models = xp2_models["xportrait2"].parent
     arguments = [str(comfyui_path), str(REPO_ROOT), str(models), str(MEDIA / PHOTO), str(MEDIA / "driving_60f.mp4")]
     child = subprocess.run(
@@ -88,3 +109,7 @@ def test_sampler_node_latents_equal_engine_api(comfyui_path, xp2_models):
     assert report["shape"] == report["expected_shape"] == [10, 4, 8, 8]
     # 10 frames in windows of 4 (overlap 1): several windows, each step at its own seeded offset.
     assert report["relative_l2"] < 1e-4, report
+    # The patchers come from ComfyUI's CoreModelPatcher where it exists (dynamic VRAM on a GPU),
+    # unload, load again and give the same latents bit for bit.
+    assert report["patcher_classes"] == [report["expected_patcher"]], report
+    assert report["unloaded"] and report["rerun_equal"], report

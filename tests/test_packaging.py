@@ -17,10 +17,10 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from tests.golden import REPO_ROOT
+from harness import REPO_ROOT
 
 # Import names whose distribution is named otherwise (the test venv may lack some of them).
-DISTRIBUTION_OF = {"PIL": "pillow", "yaml": "pyyaml", "av": "av", "cv2": "opencv-python"}
+DISTRIBUTION_OF = {"PIL": "pillow", "yaml": "pyyaml"}
 FARM_MODULE = "xportrait2_core/farm.py"
 COMFYUI_MODULES = {"comfy", "comfy_api", "comfy_extras", "folder_paths", "latent_preview", "nodes", "server"}
 

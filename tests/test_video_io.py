@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.media_helpers import media, psnr, write_clip_with_audio
+from harness.media import media, psnr, write_clip_with_audio
 from xportrait2_core.media.images import MediaError
 from xportrait2_core.media.video_reader import iter_frames, probe_video
 from xportrait2_core.media.video_writer import VideoWriter, exact_frame_rate

@@ -17,8 +17,9 @@ from .media.images import MediaError
 from .models.config import ConfigError
 from .progress import Cancelled
 from .weights.checkpoint import OFFICIAL_FILES, CheckpointError, convert_to_safetensors, read_state_dict
+from .weights.loading import DTYPES
 
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "keep": None}
+STORED_DTYPES = {**DTYPES, "keep": None}
 WEIGHTS_ENV = "XPORTRAIT2_WEIGHTS"
 STAGE_NAMES = {
     "detecting faces": "frames",
@@ -44,7 +45,7 @@ def convert(args: argparse.Namespace) -> int:
     for item in args.sources:
         path = Path(item)
         sources.extend(_official_files_in(path) if path.is_dir() else [path])
-    dtype = DTYPES[args.dtype]
+    dtype = STORED_DTYPES[args.dtype]
     for source in sources:
         target_dir = Path(args.output) if args.output else source.parent
         if not target_dir.is_dir():
@@ -198,7 +199,7 @@ def add_render_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=512, help="side of the generated square, multiple of 64 (official: 512)")
     p.add_argument("--max-frames", type=int, help="animate at most this many driving frames")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--dtype", choices=["auto", "fp16", "bf16", "fp32"], default="auto",
+    p.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
                    help="auto: fp16 on CUDA, fp32 on CPU")
     p.add_argument("--no-paste-back", action="store_true", help="write the generated square crop, not the whole picture")
     p.add_argument("--face-detector", help="YuNet weights file (default: yunet_final.pth in the weights folder or kornia's cache)")
@@ -243,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("convert", help="convert official .pth weights to .safetensors")
     p.add_argument("sources", nargs="+", help="official .pth files, or folders holding them")
     p.add_argument("-o", "--output", help="folder for the .safetensors files (default: beside each source)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="floating-point type to store (default fp16)")
+    p.add_argument("--dtype", choices=sorted(STORED_DTYPES), default="fp16", help="floating-point type to store (default fp16)")
     p.add_argument("--overwrite", action="store_true", help="replace existing .safetensors files")
     p.set_defaults(run=convert)
 

@@ -8,6 +8,8 @@ window-relative (a wrapped window is treated as contiguous by the temporal modul
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 
@@ -24,6 +26,22 @@ def context_windows(num_frames: int, context_frames: int, overlap: int, offset: 
 
 
 def window_offsets(generator: torch.Generator, num_steps: int, context_frames: int) -> list[int]:
-    """One random offset in [0, context_frames) per step, from a seeded generator (the official
+    """The random offsets in [0, context_frames) of the next ``num_steps`` steps, drawn one step at
+    a time from a seeded generator, as a sampler that asks step by step draws them (the official
     code draws them from Python's unseeded ``random``, so its runs are not reproducible)."""
-    return torch.randint(0, context_frames, (num_steps,), generator=generator).tolist()
+    return [int(torch.randint(0, context_frames, (1,), generator=generator)) for _ in range(num_steps)]
+
+
+class SeededWindowOffsets:
+    """The window offset of every step of a run with this seed, one per ``next``: the engine takes
+    as many as it has steps, ComfyUI's guider one per model call."""
+
+    def __init__(self, seed: int, context_frames: int):
+        self.generator = torch.Generator("cpu").manual_seed(seed)
+        self.context_frames = context_frames
+
+    def __iter__(self) -> Iterator[int]:
+        return self
+
+    def __next__(self) -> int:
+        return window_offsets(self.generator, 1, self.context_frames)[0]

@@ -1,11 +1,14 @@
-"""The motion path split into the two stages a node graph shows (spec 5.2 step 4).
+"""The motion stage: face crops -> the motion tokens the denoiser attends to (spec 5.2 step 4).
+
+:func:`encode_tokens` runs the whole motion encoder per batch of crops (the engine API's path).
+A node graph shows it as two stages:
 
 1. :func:`encode_features`: face crops -> the motion encoder trunk's 512 features per frame
    (the heavy network, once per frame);
 2. :func:`identity_filtered_tokens`: features -> the 32x16 motion tokens the denoiser attends
    to (the box branch with the official neutral box), plus optional artist controls that strip
    more of the driver's identity or tame the motion. With the controls at their defaults the
-   tokens equal :meth:`XPortrait2Pipeline.encode_motion`'s.
+   tokens equal :func:`encode_tokens`'s.
 
 The controls act on tokens, the quantity the denoiser sees:
 
@@ -20,6 +23,7 @@ The controls act on tokens, the quantity the denoiser sees:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Optional
 
@@ -27,10 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from .media.face_track import gaussian_smooth
-from .models.motion_encoder import CROP_SIZE, MotionEncoder, neutral_boxes
+from .models.motion_encoder import CROP_SIZE, MOTION_BATCH, MotionEncoder, neutral_boxes
 from .progress import ProgressFn, report
-
-FEATURE_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -45,22 +47,62 @@ class MotionControls:
         return self.intensity == 1.0 and not self.relative_to_neutral and self.smoothing == 0.0
 
 
-@torch.no_grad()
-def encode_features(
-    encoder: MotionEncoder, faces: torch.Tensor, batch_size: int = FEATURE_BATCH, progress: Optional[ProgressFn] = None
-) -> torch.Tensor:
-    """Face crops (N, 3, S, S) in [0, 1] -> trunk features (N, 512) on the encoder's device."""
+def _encoder_inputs(
+    encoder: MotionEncoder,
+    faces: torch.Tensor,
+    batch_size: int,
+    progress: Optional[ProgressFn],
+    device: Optional[torch.device],
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Face crops (N, 3, S, S) in [0, 1] -> (first index, batch) as the encoder takes them:
+    224x224, in [-1, 1], in its dtype on ``device`` (default: where its weights are; ComfyUI's
+    dynamic VRAM streams weights to the compute device layer by layer, so there the caller names
+    it); progress is reported once a batch is used."""
     if faces.ndim != 4 or faces.shape[1] != 3:
         raise ValueError(f"face crops must be (N, 3, H, W), got {tuple(faces.shape)}")
+    count = len(faces)
+    if count < 1:
+        raise ValueError("no driving frames: the face crops are empty")
     weight = next(encoder.parameters())
-    features = []
-    for start in range(0, len(faces), batch_size):
-        batch = faces[start : start + batch_size].to(weight.device, weight.dtype)
+    device = weight.device if device is None else device
+    for start in range(0, count, batch_size):
+        batch = faces[start : start + batch_size].to(device, weight.dtype)
         if batch.shape[-2:] != (CROP_SIZE, CROP_SIZE):
             batch = F.interpolate(batch, size=(CROP_SIZE, CROP_SIZE), mode="bicubic", antialias=True).clamp(0, 1)
-        features.append(encoder.features(batch * 2 - 1))
-        report(progress, "motion", min(start + batch_size, len(faces)), len(faces))
-    return torch.cat(features)
+        yield start, batch * 2 - 1
+        report(progress, "motion", min(start + batch_size, count), count)
+
+
+@torch.no_grad()
+def encode_tokens(
+    encoder: MotionEncoder,
+    faces: torch.Tensor,
+    boxes: Optional[torch.Tensor] = None,
+    batch_size: int = MOTION_BATCH,
+    progress: Optional[ProgressFn] = None,
+) -> torch.Tensor:
+    """Face crops (N, 3, S, S) in [0, 1] -> motion tokens (N, 32, 16) on the encoder's device.
+
+    ``boxes`` (N, 3) defaults to [0, 0, 1] per frame, as the official script uses."""
+    tokens = []
+    for start, batch in _encoder_inputs(encoder, faces, batch_size, progress, device=None):
+        box = neutral_boxes(len(batch)) if boxes is None else boxes[start : start + len(batch)]
+        tokens.append(encoder(batch, box.to(batch.device, batch.dtype)))
+    return torch.cat(tokens)
+
+
+@torch.no_grad()
+def encode_features(
+    encoder: MotionEncoder,
+    faces: torch.Tensor,
+    batch_size: int = MOTION_BATCH,
+    progress: Optional[ProgressFn] = None,
+    device: Optional[torch.device] = None,
+) -> torch.Tensor:
+    """Face crops (N, 3, S, S) in [0, 1] -> trunk features (N, 512) on ``device`` (default: the
+    encoder's weights' device)."""
+    batches = _encoder_inputs(encoder, faces, batch_size, progress, device)
+    return torch.cat([encoder.features(batch) for _, batch in batches])
 
 
 @torch.no_grad()

@@ -11,39 +11,27 @@ applications the real models (or ComfyUI's):
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from .context_windows import window_offsets
-from .models.motion_encoder import CROP_SIZE, neutral_boxes
+from .context_windows import SeededWindowOffsets
+from .identity_filtered_motion import encode_tokens
+from .models.motion_encoder import MOTION_BATCH
 from .models.operations import LayerFactory
-from .models.reference_attention import ReferenceKeysValues, reference_keys_values
+from .models.reference_attention import ReferenceKeysValues
 from .progress import ProgressFn, report
-from .sampling import Conditioning, SamplingSettings, StepCallback, WindowPredictorFactory, sample_video
+from .reference_appearance import VAE_SCALING, check_reference_size, encode_reference
+from .sampling import Conditioning, SamplingSettings, StepCallback, WindowPredictorFactory, sample_video, seeded_noise
 from .weights.loading import XNemoModels, load_models
 
-VAE_SCALING = 0.18215
 DECODE_CHUNK = 25  # frames per SVD-decoder call, as the official pipeline
-MOTION_BATCH = 16
 
 ImageEncoder = Callable[[torch.Tensor], torch.Tensor]
 VaeEncoder = Callable[[torch.Tensor], torch.Tensor]
 VaeDecoder = Callable[[torch.Tensor], torch.Tensor]
-
-
-def seeded_noise(seed: int, frames: int, height: int, width: int) -> torch.Tensor:
-    """Initial noise (1, 4, F, h, w), drawn on the CPU as (F, 4, h, w) from ``seed`` so that it
-    equals ComfyUI's noise for a LATENT batch of F frames with the same seed."""
-    generator = torch.Generator("cpu").manual_seed(seed)
-    noise = torch.randn((frames, 4, height, width), generator=generator)
-    return noise.permute(1, 0, 2, 3).unsqueeze(0)
-
-
-def seeded_offsets(seed: int, steps: int, context_frames: int) -> list[int]:
-    return window_offsets(torch.Generator("cpu").manual_seed(seed), steps, context_frames)
 
 
 class XPortrait2Pipeline:
@@ -81,33 +69,13 @@ class XPortrait2Pipeline:
     def dtype(self) -> torch.dtype:
         return self.models.denoiser.conv_in.weight.dtype
 
-    @torch.no_grad()
     def encode_motion(
-        self,
-        faces: torch.Tensor,
-        boxes: Optional[torch.Tensor] = None,
-        batch_size: int = MOTION_BATCH,
+        self, faces: torch.Tensor, boxes: Optional[torch.Tensor] = None, batch_size: int = MOTION_BATCH,
         progress: Optional[ProgressFn] = None,
     ) -> torch.Tensor:
-        """Face crops (N, 3, S, S) in [0, 1] -> motion tokens (N, 32, 16), once per frame.
-
-        ``boxes`` (N, 3) defaults to [0, 0, 1] per frame, as the official script uses."""
-        if faces.ndim != 4 or faces.shape[1] != 3:
-            raise ValueError(f"face crops must be (N, 3, H, W), got {tuple(faces.shape)}")
-        count = faces.shape[0]
-        if count < 1:
-            raise ValueError("no driving frames: the face crops are empty")
-        boxes = neutral_boxes(count) if boxes is None else boxes
-        encoder = self.models.motion_encoder
-        tokens = []
-        for start in range(0, count, batch_size):
-            batch = faces[start : start + batch_size].to(self.device, self.dtype)
-            if batch.shape[-2:] != (CROP_SIZE, CROP_SIZE):
-                batch = F.interpolate(batch, size=(CROP_SIZE, CROP_SIZE), mode="bicubic", antialias=True).clamp(0, 1)
-            box = boxes[start : start + batch_size].to(self.device, self.dtype)
-            tokens.append(encoder(batch * 2 - 1, box))
-            report(progress, "motion", min(start + batch_size, count), count)
-        return torch.cat(tokens)
+        """:func:`~xportrait2_core.identity_filtered_motion.encode_tokens` with this pipeline's
+        motion encoder: face crops (N, 3, S, S) in [0, 1] -> motion tokens (N, 32, 16)."""
+        return encode_tokens(self.models.motion_encoder, faces, boxes, batch_size, progress)
 
     @torch.no_grad()
     def encode_reference(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, ReferenceKeysValues]:
@@ -115,13 +83,9 @@ class XPortrait2Pipeline:
         and the reference keys/values of the denoiser (one reference-UNet pass)."""
         if source.ndim != 3 or source.shape[0] != 3:
             raise ValueError(f"source image must be (3, H, W), got {tuple(source.shape)}")
-        if source.shape[1] % 8 or source.shape[2] % 8:
-            raise ValueError(f"source image size {tuple(source.shape[1:])} must be a multiple of 8")
+        check_reference_size(*source.shape[1:])
         image = source.unsqueeze(0).to(self.device)
-        latents = self.vae_encoder(image * 2 - 1).to(self.device, self.dtype) * VAE_SCALING
-        image_embeds = self.image_encoder(image).to(self.device, self.dtype)
-        banks = self.models.reference_unet(latents, image_embeds.unsqueeze(1))
-        return latents, image_embeds, reference_keys_values(banks, self.models.denoiser.transformer_blocks())
+        return encode_reference(self.models, self.vae_encoder(image * 2 - 1), self.image_encoder(image))
 
     @torch.no_grad()
     def sample(
@@ -161,7 +125,7 @@ class XPortrait2Pipeline:
         if noise is None:
             noise = seeded_noise(seed, frames, height, width)
         if offsets is None:
-            offsets = seeded_offsets(seed, settings.steps, settings.context_frames)
+            offsets = list(itertools.islice(SeededWindowOffsets(seed, settings.context_frames), settings.steps))
         conditioning = Conditioning(motion, negative, image_embeds, reference)
         return sample_video(
             self.models.denoiser,

@@ -27,6 +27,7 @@ BLUR_SIGMA = 18.0
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
+
 @dataclass(frozen=True)
 class SamplingSettings:
     steps: int = 35
@@ -62,11 +63,24 @@ def gaussian_blur(images: torch.Tensor, kernel_size: int = BLUR_KERNEL, sigma: f
     return torch.nn.functional.conv2d(padded, kernel.expand(channels, 1, kernel_size, kernel_size), groups=channels)
 
 
+def seeded_noise(seed: int, frames: int, height: int, width: int) -> torch.Tensor:
+    """Initial noise (1, 4, F, h, w), drawn on the CPU as (F, 4, h, w) from ``seed`` so that it
+    equals ComfyUI's noise for a LATENT batch of F frames with the same seed."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    noise = torch.randn((frames, 4, height, width), generator=generator)
+    return noise.permute(1, 0, 2, 3).unsqueeze(0)
+
+
+def blurred_start(reference_latents: torch.Tensor, frames: int) -> torch.Tensor:
+    """The clean start of every frame (1, 4, F, h, w): the blurred source latent (1, 4, h, w)."""
+    return gaussian_blur(reference_latents).unsqueeze(2).expand(-1, -1, frames, -1, -1)
+
+
 def initial_latents(reference_latents: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """The blurred source latent (1, 4, h, w), repeated over the frames of ``noise`` (1, 4, F, h, w)
-    and noised to the first timestep (ā = ``alpha``)."""
-    blurred = gaussian_blur(reference_latents.to(noise.dtype))
-    return scheduler.add_noise(blurred.unsqueeze(2).expand_as(noise), noise, alpha)
+    """:func:`blurred_start` over the frames of ``noise`` (1, 4, F, h, w), noised to the first
+    timestep (ā = ``alpha``)."""
+    start = blurred_start(reference_latents.to(noise.dtype), noise.shape[2])
+    return scheduler.add_noise(start, noise, alpha)
 
 
 WindowPredictions = Callable[[torch.Tensor, int, Sequence[Sequence[int]]], Iterable[torch.Tensor]]

@@ -1,7 +1,8 @@
 """A driving take read as a stream: however long the video, only what is small per frame (the
 face track, motion features or tokens, latents) is kept for all of it.
 
-Every stage reads the video again from the start, in chunks of :data:`READ_CHUNK` frames: the
+Every stage reads the video again from the start, in chunks of
+:data:`~xportrait2_core.models.motion_encoder.MOTION_BATCH` frames: the
 face track first (it needs all frames before it can smooth), then the motion crops. The command line
 and the ComfyUI nodes both go through here.
 """
@@ -14,15 +15,12 @@ from typing import Optional
 
 import torch
 
+from ..models.motion_encoder import MOTION_BATCH
 from ..progress import ProgressFn, report
 from .face_detector import FaceDetectorRunner
 from .face_track import DrivingCropPlan, FaceTrack, crop_driving_frames, track_face
 from .images import MediaError
-from .video_reader import VideoInfo, VideoSource, iter_frames, probe_video
-
-# Frames decoded at a time. The IMAGE-path nodes cut their batches the same way, so both paths
-# feed the face detector and the motion encoder identical batches (and give identical results).
-READ_CHUNK = 16
+from .video_reader import VideoInfo, VideoSource, probe_video, stream_frames
 
 
 @dataclass(frozen=True)
@@ -54,8 +52,9 @@ class DrivingTake:
         return min(self.max_frames, self.info.frame_count)
 
     def chunks(self) -> Iterator[torch.Tensor]:
-        """The frames, uint8 ``(N, H, W, 3)`` chunks of at most :data:`READ_CHUNK`."""
-        return iter_frames(self.open_source(), max_frames=self.max_frames, chunk_size=READ_CHUNK)
+        """The frames, uint8 ``(N, H, W, 3)`` chunks of at most :data:`MOTION_BATCH` (the take was
+        probed when it was opened, so it is not probed again)."""
+        return stream_frames(self.open_source(), self.max_frames, MOTION_BATCH)
 
 
 def counted(

@@ -144,9 +144,10 @@ class FaceDetectorRunner:
         limits = torch.tensor([width, height] * 2, dtype=torch.float32)
         faces = []
         for found in detections:
-            found = found.float().cpu()
-            boxes = torch.minimum((found[:, :4] * to_image).clamp(min=0.0), limits)
-            faces.append(torch.cat([boxes, found[:, 14:15]], dim=1))
+            result = kornia_faces.FaceDetectorResult(found.float().cpu())
+            corners = torch.cat([result.top_left, result.bottom_right], dim=1)
+            boxes = torch.minimum((corners * to_image).clamp(min=0.0), limits)
+            faces.append(torch.cat([boxes, result.score[:, None]], dim=1))
         return faces
 
     def detect(self, images: torch.Tensor) -> list[torch.Tensor]:

@@ -103,21 +103,3 @@ def load_image(path: PathLike, background: Background = "black") -> torch.Tensor
     with _open_pillow_image(path) as image:
         upright = ImageOps.exif_transpose(image)
         return _pillow_to_tensor(upright, background)
-
-
-def to_uint8_hwc(image: torch.Tensor) -> np.ndarray:
-    """A ``(3, H, W)`` float image in ``[0, 1]`` (or uint8) as an ``(H, W, 3)`` uint8 array."""
-    if image.ndim != 3 or image.shape[0] != 3:
-        raise MediaError(f"expected an image tensor of shape (3, H, W), got {tuple(image.shape)}")
-    if image.dtype != torch.uint8:
-        image = (image.detach().float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
-    return image.permute(1, 2, 0).cpu().numpy()
-
-
-def save_image(image: torch.Tensor, path: PathLike) -> None:
-    """Write a ``(3, H, W)`` image (float in ``[0, 1]``, rounded to 8 bits, or uint8) as a PNG."""
-    path = Path(path)
-    try:
-        Image.fromarray(to_uint8_hwc(image)).save(path, format="PNG")
-    except OSError as error:
-        raise MediaError(f"cannot write {path}: {error}") from error

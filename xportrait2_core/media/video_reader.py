@@ -186,7 +186,8 @@ def _batched(frames: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
         yield np.stack(batch)
 
 
-def _stream_frames(source: VideoSource, max_frames: int | None, chunk_size: int | None) -> Iterator[torch.Tensor]:
+def stream_frames(source: VideoSource, max_frames: int | None, chunk_size: int | None) -> Iterator[torch.Tensor]:
+    """:func:`iter_frames` of a source already probed (one opening of the file per pass)."""
     with _open_video(source) as video:
         video.stream.thread_type = "AUTO"
         constant_rate = _at_constant_rate(_decoded_frames(video), _frame_rate(video))
@@ -211,4 +212,4 @@ def iter_frames(
         if value is not None and value < 1:
             raise MediaError(f"{name} must be at least 1, got {value}")
     probe_video(source)
-    return _stream_frames(source, max_frames, chunk_size)
+    return stream_frames(source, max_frames, chunk_size)

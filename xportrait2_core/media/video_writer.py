@@ -74,8 +74,8 @@ def remove_partial_files(path: PathLike) -> None:
 class _AudioRemuxer:
     """Copies the audio packets of a source file into the output, unchanged, up to a time limit."""
 
-    def __init__(self, source: VideoSource, output: av.container.OutputContainer) -> None:
-        self._input = av.open(readable_source(source)[0])
+    def __init__(self, source: av.container.InputContainer, output: av.container.OutputContainer) -> None:
+        self._input = source
         audio = self._input.streams.audio[0]
         video = self._input.streams.video[0] if self._input.streams.video else None
         self._output_stream = output.add_stream_from_template(audio)
@@ -110,13 +110,21 @@ class _AudioRemuxer:
         self._input.close()
 
 
-def _has_audio(source: VideoSource) -> bool:
+def _audio_remuxer(source: VideoSource, output: av.container.OutputContainer) -> _AudioRemuxer | None:
+    """A remuxer of the source's audio into ``output``, or None when the source has no sound."""
     target, name, _ = readable_source(source)
     try:
-        with av.open(target) as container:
-            return bool(container.streams.audio)
+        container = av.open(target)
     except av.FFmpegError as error:
         raise MediaError(f"{name} cannot be read for its audio: {error}") from error
+    if not container.streams.audio:
+        container.close()
+        return None
+    try:
+        return _AudioRemuxer(container, output)
+    except BaseException:
+        container.close()
+        raise
 
 
 class VideoWriter:
@@ -173,8 +181,8 @@ class VideoWriter:
         self._stream = self._container.add_stream("libx264", rate=self.fps)
         self._stream.pix_fmt = "yuv420p"
         self._stream.options = {"crf": str(crf), "preset": preset}
-        if audio_from is not None and _has_audio(audio_from):
-            self._audio = _AudioRemuxer(audio_from, self._container)
+        if audio_from is not None:
+            self._audio = _audio_remuxer(audio_from, self._container)
 
     def _guarded(self, action: Callable[..., None], *args: object) -> None:
         """Run an action on the file; any failure removes the partial file and becomes a MediaError."""

@@ -9,7 +9,7 @@ not use are refused with a clear error instead of being silently ignored.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -190,9 +190,6 @@ class UNetConfig:
         if inference_yaml is not None:
             additional = yaml.safe_load(Path(inference_yaml).read_text()).get("unet_additional_kwargs") or {}
         return cls.from_dicts(unet_config, additional)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _require(mapping: Mapping[str, Any], key: str, expected: Any, where: str = "config") -> None:

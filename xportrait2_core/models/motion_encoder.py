@@ -23,6 +23,9 @@ TOKEN_DIM = 16
 FEATURE_DIM = NUM_TOKENS * TOKEN_DIM
 BOX_DIM = 3
 NEUTRAL_BOX = (0.0, 0.0, 1.0)
+# Crops per encoder call. Driving videos are read in chunks of the same size, so that the IMAGE
+# and VIDEO node paths feed the encoder identical batches (and give identical results).
+MOTION_BATCH = 16
 
 
 class ConvBlock(nn.Module):

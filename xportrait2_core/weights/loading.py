@@ -78,6 +78,10 @@ class XNemoModels:
     reports: list[LoadReport]
 
 
+# The weight dtypes a user can ask for by name (command line, ComfyUI loader).
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
     """fp16 on CUDA (as the official code), fp32 elsewhere."""
     return torch.float16 if torch.device(device).type == "cuda" else torch.float32

@@ -19,7 +19,6 @@ import torch
 
 # A key with this prefix marks the diffusers AutoencoderKLTemporalDecoder layout.
 DIFFUSERS_MARKER = "decoder.mid_block.resnets.0.spatial_res_block.conv1.weight"
-SGM_MARKER = "decoder.mid.block_1.mix_factor"
 
 _RESNET_PARTS = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "conv_shortcut": "nin_shortcut"}
 _TEMPORAL_PARTS = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3"}

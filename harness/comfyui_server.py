@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
-from tests.golden import REPO_ROOT
+from harness import REPO_ROOT
 
 HOW_TO_PROVIDE = (
     "no ComfyUI found: set COMFYUI_PATH to a ComfyUI checkout, or install one with "

@@ -1,4 +1,4 @@
-"""Shared test media: the real files in ``../shared/media`` and small files made on the fly."""
+"""Test media: the real files in ``../shared/media`` and small files made on the fly."""
 
 from __future__ import annotations
 
@@ -11,8 +11,12 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+from PIL import Image
 
-SHARED_MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
+from harness import SHARED
+from xportrait2_core.media.images import MediaError, PathLike
+
+SHARED_MEDIA = SHARED / "media"
 
 
 def media(name: str) -> Path:
@@ -109,3 +113,21 @@ def write_png_16bit(path: Path, pixels: np.ndarray) -> None:
         + _png_chunk(b"IDAT", zlib.compress(filtered))
         + _png_chunk(b"IEND", b"")
     )
+
+
+def to_uint8_hwc(image: torch.Tensor) -> np.ndarray:
+    """A ``(3, H, W)`` float image in ``[0, 1]`` (or uint8) as an ``(H, W, 3)`` uint8 array."""
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise MediaError(f"expected an image tensor of shape (3, H, W), got {tuple(image.shape)}")
+    if image.dtype != torch.uint8:
+        image = (image.detach().float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+    return image.permute(1, 2, 0).cpu().numpy()
+
+
+def save_image(image: torch.Tensor, path: PathLike) -> None:
+    """Write a ``(3, H, W)`` image (float in ``[0, 1]``, rounded to 8 bits, or uint8) as a PNG."""
+    path = Path(path)
+    try:
+        Image.fromarray(to_uint8_hwc(image)).save(path, format="PNG")
+    except OSError as error:
+        raise MediaError(f"cannot write {path}: {error}") from error

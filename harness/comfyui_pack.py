@@ -1,4 +1,4 @@
-"""Shared pieces of the node-pack tests: random model files where ComfyUI's folder_paths look,
+"""Shared pieces of the node-pack tests and benchmarks: random model files where ComfyUI's folder_paths look,
 small input media, the shipped API workflows adapted to them, and a ComfyUI server with the
 HTTP/WebSocket calls the end-to-end tests need.
 
@@ -15,6 +15,7 @@ Models (all random, written once per session):
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 import urllib.error
@@ -26,21 +27,22 @@ from typing import Optional
 
 import av
 import numpy as np
-import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.comfyui_server import ComfyUIServer
-from tests.golden import REPO_ROOT, SHARED
-from tests.media_helpers import write_driving_clip
+from harness import REPO_ROOT, SHARED
+from harness.comfyui_server import ComfyUIServer, find_comfyui
+from harness.media import write_driving_clip
 from xportrait2_core.testing import tiny_weights
 
 MEDIA = SHARED / "media"
-WORKFLOWS = REPO_ROOT / "workflows"
-API_WORKFLOWS = WORKFLOWS / "api"
+WORKFLOWS = REPO_ROOT / "example_workflows"  # UI format, listed in ComfyUI's template browser
+API_TWINS = WORKFLOWS / "api"  # API format, one folder per ComfyUI version: comfyui-<version>/
 CLIP_FILE = "clip_vision_vit_l_random.safetensors"
 VAE_FILE = "svd_vae_diffusers_random.safetensors"
 DENOISER_FILE = "xnemo_denoising_unet.pth"
+UPSCALER_FILE = "srvgg_compact_x4_random.pth"  # a tiny real Real-ESRGAN Compact (spandrel), random weights
+UPSCALE = 4
 PHOTO = "photo_ref.png"
 DRIVING_CLIP = "driving_10f.mp4"
 ONE_FRAME_CLIP = "driving_1f.mp4"
@@ -49,6 +51,7 @@ NO_FACE_IMAGE = "no_face.png"
 TEST_FRAMES = 10
 TEST_SIZE = 64  # working size of the tests (the official 512 is far too slow on a CPU)
 TEST_STEPS = 2
+SOCKET_DRAIN_S = 15  # how long a finished prompt's last WebSocket messages may lag behind its history
 
 
 def write_xnemo_weights(folder: Path) -> Path:
@@ -93,19 +96,31 @@ def write_svd_vae_diffusers(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def tiny_upscaler(seed: int = 0) -> torch.nn.Module:
+    """A Real-ESRGAN Compact (SRVGG) x4 network with few channels and random weights: what
+    core Load Upscale Model detects through spandrel, small enough for CI."""
+    from spandrel.architectures.Compact.__arch.SRVGG import SRVGGNetCompact
+
+    network = SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=16, num_conv=2, upscale=UPSCALE)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    return network.eval()
+
+
 def write_models(root: Path) -> dict[str, Path]:
     """Every model file the workflows need, under ``root``; returns folder_paths name -> folder."""
-    folders = {"xportrait2": root / "xportrait2", "clip_vision": root / "clip_vision", "vae": root / "vae"}
+    folders = {
+        "xportrait2": root / "xportrait2", "clip_vision": root / "clip_vision", "vae": root / "vae",
+        "upscale_models": root / "upscale_models",
+    }
     write_xnemo_weights(folders["xportrait2"])
     write_clip_vision_vit_l(folders["clip_vision"] / CLIP_FILE)
     write_svd_vae_diffusers(folders["vae"] / VAE_FILE)
+    folders["upscale_models"].mkdir(parents=True, exist_ok=True)
+    torch.save(tiny_upscaler().state_dict(), folders["upscale_models"] / UPSCALER_FILE)
     return folders
-
-
-@pytest.fixture(scope="session", name="xp2_models")
-def xp2_models_fixture(tmp_path_factory) -> dict[str, Path]:
-    """The random model files, written once per test session."""
-    return write_models(tmp_path_factory.mktemp("xp2-models"))
 
 
 def write_inputs(input_dir: Path) -> None:
@@ -128,9 +143,33 @@ def nodes_of_type(workflow: dict, class_type: str) -> list[str]:
     return [node_id for node_id, node in workflow.items() if node["class_type"] == class_type]
 
 
+def comfyui_version(comfyui: Path) -> str:
+    """The ``__version__`` in the ComfyUI checkout's comfyui_version.py."""
+    text = (comfyui / "comfyui_version.py").read_text()
+    match = re.search(r"__version__\s*=\s*['\"]([^'\"]+)['\"]", text)
+    if match is None:
+        raise ValueError(f"no __version__ in {comfyui / 'comfyui_version.py'}")
+    return match.group(1)
+
+
+def api_twin_path(name: str, comfyui: Optional[Path] = None) -> Path:
+    """The API-format twin of a shipped workflow, written for the version of the ComfyUI under test."""
+    comfyui = comfyui or find_comfyui()
+    if comfyui is None:
+        raise FileNotFoundError("no ComfyUI found (COMFYUI_PATH), so no API twin can be chosen")
+    folder = API_TWINS / f"comfyui-{comfyui_version(comfyui)}"
+    if not folder.is_dir():
+        known = sorted(p.name for p in API_TWINS.iterdir() if p.is_dir())
+        raise FileNotFoundError(
+            f"no API twins for ComfyUI {comfyui_version(comfyui)} ({comfyui}); there are {known}. "
+            "Write them with `python tools/workflows.py twins` run by that ComfyUI's Python"
+        )
+    return folder / f"{name}.json"
+
+
 def api_workflow(name: str, *, steps: int = TEST_STEPS, size: int = TEST_SIZE, seed: Optional[int] = None) -> dict:
     """A shipped API-format workflow with the tests' files, working size and step count."""
-    workflow = json.loads((API_WORKFLOWS / f"{name}.json").read_text())
+    workflow = json.loads(api_twin_path(name).read_text())
     for node in workflow.values():
         inputs, kind = node["inputs"], node["class_type"]
         if kind == "LoadImage":
@@ -143,6 +182,8 @@ def api_workflow(name: str, *, steps: int = TEST_STEPS, size: int = TEST_SIZE, s
             inputs["vae_name"] = VAE_FILE
         elif kind == "XPortrait2Loader":
             inputs["denoising_unet"] = DENOISER_FILE
+        elif kind == "UpscaleModelLoader":
+            inputs["model_name"] = UPSCALER_FILE
         elif kind == "XPortrait2SourceFaceCrop":
             inputs["size"] = size
         elif kind in ("XPortrait2Sampler", "XPortrait2Scheduler"):
@@ -184,16 +225,26 @@ class PackServer(ComfyUIServer):
         return websocket.create_connection(f"ws://127.0.0.1:{self.port}/ws?clientId={self.client_id}", timeout=600)
 
     def wait_for(self, prompt_id: str, timeout: float = 600, on_message=None) -> dict:
-        """Wait for the prompt's terminal event over the WebSocket; return its history entry."""
+        """Wait for the prompt's terminal event over the WebSocket; return its history entry.
+
+        ``on_message`` sees every message up to that terminal event: ComfyUI may record the
+        prompt in its history before the last messages reach the socket, so a finished history
+        ends the wait only once those are read (or the socket has stayed silent for a while)."""
         connection = self.websocket()
+        terminal = ("execution_success", "execution_error", "execution_interrupted")
         try:
-            # The prompt may have finished before the socket opened: history answers then.
             deadline = time.monotonic() + timeout
+            finished_at = None  # when history first showed the prompt finished
             while time.monotonic() < deadline:
-                history = self.get_json(f"/history/{prompt_id}")
-                if prompt_id in history and history[prompt_id]["status"].get("completed") is not None:
-                    if history[prompt_id]["status"]["status_str"] in ("success", "error"):
-                        return history[prompt_id]
+                if finished_at is None:
+                    history = self.get_json(f"/history/{prompt_id}")
+                    if prompt_id in history and history[prompt_id]["status"].get("status_str") in ("success", "error"):
+                        # The prompt may have finished before the socket opened: history answers then.
+                        if on_message is None:
+                            return history[prompt_id]
+                        finished_at = time.monotonic()
+                elif time.monotonic() - finished_at > SOCKET_DRAIN_S:
+                    return self.get_json(f"/history/{prompt_id}")[prompt_id]
                 connection.settimeout(2)
                 try:
                     raw = connection.recv()
@@ -206,10 +257,9 @@ class PackServer(ComfyUIServer):
                 message = json.loads(raw)
                 if on_message is not None:
                     on_message(message)
-                if message["type"] in ("execution_success", "execution_error", "execution_interrupted"):
-                    if message["data"].get("prompt_id") == prompt_id:
-                        time.sleep(0.2)  # history is written right after the event
-                        return self.get_json(f"/history/{prompt_id}")[prompt_id]
+                if message["type"] in terminal and message["data"].get("prompt_id") == prompt_id:
+                    time.sleep(0.2)  # history is written right after the event
+                    return self.get_json(f"/history/{prompt_id}")[prompt_id]
             raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout} s:\n{self.log_text()[-3000:]}")
         finally:
             connection.close()

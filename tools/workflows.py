@@ -1,0 +1,301 @@
+"""Maintain the shipped workflows in ``example_workflows/``.
+
+``python tools/workflows.py tidy``
+    Rewrites the UI-format graphs in place: the help Note of each graph, the download
+    declarations of the models that can be fetched (``properties.models`` on their loader nodes,
+    read by ComfyUI's missing-models dialog), and a left-to-right layout in the order the data
+    flows (a node sits right of every node that feeds it; nodes in one column are stacked with
+    room for their title bars and widgets, so none overlap).
+
+``python tools/workflows.py thumbnails SHOTS``
+    Writes ``example_workflows/<name>.jpg``, the template cards' pictures: the shared demo
+    portrait and a frame of the demo driving video above a screenshot of the opened graph
+    (``SHOTS/<name> graph.png``, as ``tests/test_browser.py`` saves them).
+
+``python tools/workflows.py twins``
+    Run with the Python of a ComfyUI installation (``COMFYUI_PATH`` points at its folder): starts
+    that ComfyUI with this pack on a free 127.0.0.1 port, converts every UI graph against its
+    ``/object_info`` with comfy-cli's converter and writes the API-format twins to
+    ``example_workflows/api/comfyui-<version>/``. Core nodes change their inputs between ComfyUI
+    versions (e.g. Save Video's ``codec`` became ``format.codec`` in v0.33), so each supported
+    version has its own set.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+UI_FOLDER = REPO_ROOT / "example_workflows"
+TWIN_FOLDER = UI_FOLDER / "api"
+
+NOTE_ID = 100
+COLUMN_GAP = 90
+ROW_GAP = 70
+TITLE_HEIGHT = 30  # the title bar is drawn above a node's position
+SLOT_HEIGHT = 22
+WIDGET_HEIGHT = 26
+NODE_WIDTH = 330
+# Nodes whose body shows a picture or a video: room for it.
+MEDIA_HEIGHT = {"LoadImage": 330, "LoadVideo": 330, "SaveVideo": 330}
+LOADER_ORDER = ("LoadImage", "LoadVideo", "XPortrait2Loader", "CLIPVisionLoader", "XPortrait2LoadTemporalVAE",
+                "UpscaleModelLoader")
+
+CLIP_FILE = "sd_image_variations_image_encoder.safetensors"
+VAE_FILE = "svd_xt_vae.safetensors"
+UPSCALER_FILE = "RealESRGAN_x4plus.pth"
+DOWNLOADS = {
+    "CLIPVisionLoader": {
+        "name": CLIP_FILE,
+        "url": "https://huggingface.co/lambdalabs/sd-image-variations-diffusers/resolve/main/image_encoder/model.safetensors",
+        "directory": "clip_vision",
+    },
+    "XPortrait2LoadTemporalVAE": {
+        "name": VAE_FILE,
+        "url": "https://huggingface.co/stabilityai/stable-video-diffusion-img2vid-xt/resolve/main/vae/"
+        "diffusion_pytorch_model.safetensors",
+        "directory": "vae",
+    },
+    "UpscaleModelLoader": {
+        "name": UPSCALER_FILE,
+        "url": "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth",
+        "directory": "upscale_models",
+    },
+}
+
+MODELS_TEXT = f"""MODELS (ComfyUI/models/...)
+- xportrait2/: xnemo_denoising_unet.pth, xnemo_reference_unet.pth, xnemo_temporal_module.pth, xnemo_motion_encoder.pth: the official X-NeMo weights (CC BY-NC 4.0), from the authors' Google Drive linked at github.com/bytedance/x-nemo-inference (no automatic download). Also yunet_final.pth, the face detector: huggingface.co/kornia/yunet
+- clip_vision/{CLIP_FILE}: image_encoder/model.safetensors of huggingface.co/lambdalabs/sd-image-variations-diffusers, renamed
+- vae/{VAE_FILE}: vae/diffusion_pytorch_model.safetensors of huggingface.co/stabilityai/stable-video-diffusion-img2vid-xt, renamed
+(ComfyUI offers the last two in its missing-models dialog.)"""
+
+INPUTS_TEXT = """INPUTS (ComfyUI/input/): your portrait (portrait.png) and a driving video of a face (driving.mp4); pick your own files in the two loaders."""
+
+DEFAULTS_TEXT = """DEFAULTS reproduce the official X-NeMo result: sampler ddim with the xnemo_ddim schedule, 35 steps, guidance 2.5, 24-frame windows overlapping by 4, a 512 px face square, seed 0."""
+
+NOTES = {
+    "Portrait to animated video": f"""Portrait to animated video (X-Portrait 2 / X-NeMo)
+The face of the portrait follows the head motion and expressions of the driving video; the MP4 is the 512x512 face square, at the driving video's frame rate and with its sound.
+
+{INPUTS_TEXT}
+
+{MODELS_TEXT}
+
+{DEFAULTS_TEXT}
+
+TURN FIRST: motion_intensity on "ID-Filtered Motion Latents" (below 1 calmer, above 1 stronger expressions). For quick drafts lower steps on the sampler (15-20).""",
+    "Portrait video - upscaled": f"""Portrait to animated video, upscaled and pasted back (X-Portrait 2 / X-NeMo)
+The animated 512x512 face square is upscaled with an image upscaler model and pasted back into the whole portrait: the MP4 has the portrait's full resolution.
+
+{INPUTS_TEXT}
+
+{MODELS_TEXT}
+- upscale_models/{UPSCALER_FILE}: Real-ESRGAN x4plus (github.com/xinntao/Real-ESRGAN releases, offered in the missing-models dialog); any upscaler model ComfyUI loads works.
+
+{DEFAULTS_TEXT} Paste Back feathers the seam over 10% of the face square.
+
+TURN FIRST: motion_intensity on "ID-Filtered Motion Latents"; then the upscaler model (a 2x one is faster); feather on Paste Back if the seam shows.""",
+    "Portrait video - any sampler": f"""Portrait to animated video with the advanced sampler (X-Portrait 2 / X-NeMo)
+The same animation, with the sampler and the noise schedule as separate nodes: core KSamplerSelect and the X-Portrait 2 Scheduler feed SAMPLER and SIGMAS sockets, so any ComfyUI sampler or sigma node can be plugged in.
+
+{INPUTS_TEXT}
+
+{MODELS_TEXT}
+
+{DEFAULTS_TEXT} (ddim + xnemo_ddim give exactly the basic sampler's result.)
+
+TURN FIRST: sampler_name on KSamplerSelect (e.g. euler, dpmpp_2m) together with steps on the Scheduler; then guidance.""",
+    "Portrait video - long take": f"""Portrait to animated video, long take (X-Portrait 2 / X-NeMo)
+For driving videos of any length: the take stays a file from Load Video to Save Video, read and written in chunks, so memory stays flat. The result is pasted back into the whole portrait, at the take's exact frame rate and with its sound.
+
+{INPUTS_TEXT}
+
+{MODELS_TEXT}
+
+{DEFAULTS_TEXT} max_frames 0 on the Face Track node means the whole take.
+
+TURN FIRST: max_frames on "Face Track (driving VIDEO)" to try a few seconds before the whole take; then motion_intensity.""",
+}
+
+
+def _node_height(node: dict) -> int:
+    if node["type"] == "Note":
+        return node["size"][1]
+    inputs = [slot for slot in node.get("inputs", []) if "widget" not in slot]
+    rows = max(len(inputs), len(node.get("outputs", [])), 1)
+    widgets = len(node.get("widgets_values") or [])
+    return rows * SLOT_HEIGHT + widgets * WIDGET_HEIGHT + 20 + MEDIA_HEIGHT.get(node["type"], 0)
+
+
+def _sources(workflow: dict) -> dict[int, set[int]]:
+    """node id -> ids of the nodes that feed it."""
+    feeding: dict[int, set[int]] = {node["id"]: set() for node in workflow["nodes"]}
+    for _link, origin, _slot, target, _tslot, _type in workflow["links"]:
+        feeding[target].add(origin)
+    return feeding
+
+
+def layout(workflow: dict) -> None:
+    """Columns by the longest chain of nodes feeding each node; stacked rows, no overlaps."""
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    feeding = _sources(workflow)
+    column: dict[int, int] = {}
+
+    def depth(node_id: int) -> int:
+        if node_id not in column:
+            column[node_id] = 1 + max((depth(source) for source in feeding[node_id]), default=-1)
+        return column[node_id]
+
+    for node_id in nodes:
+        if nodes[node_id]["type"] != "Note":
+            depth(node_id)
+    columns: dict[int, list[int]] = {}
+    for node_id, col in column.items():
+        columns.setdefault(col, []).append(node_id)
+    x = 0
+    centre: dict[int, float] = {}
+    for col in sorted(columns):
+        members = columns[col]
+        if col == 0:
+            members.sort(key=lambda i: (LOADER_ORDER.index(nodes[i]["type"]) if nodes[i]["type"] in LOADER_ORDER else 99, i))
+        else:  # beside the nodes that feed them
+            members.sort(key=lambda i: (sum(centre[s] for s in feeding[i]) / len(feeding[i]), i))
+        y = 0
+        if col == 0 and NOTE_ID in nodes:
+            note = nodes[NOTE_ID]
+            note["pos"] = [x, TITLE_HEIGHT]
+            y = TITLE_HEIGHT + note["size"][1] + ROW_GAP
+        width = max(NODE_WIDTH, nodes[NOTE_ID]["size"][0] if col == 0 and NOTE_ID in nodes else 0)
+        y = int(y)
+        if col > 0:  # start level with the first node that feeds this column
+            y = int(max(TITLE_HEIGHT, min(centre[s] for i in members for s in feeding[i]) - 100))
+        for node_id in members:
+            node = nodes[node_id]
+            height = _node_height(node)
+            node["pos"] = [x, y + TITLE_HEIGHT]
+            node["size"] = [NODE_WIDTH, height]
+            centre[node_id] = y + TITLE_HEIGHT + height / 2
+            y += TITLE_HEIGHT + height + ROW_GAP
+        x += width + COLUMN_GAP
+    # Execution order (LiteGraph's "order") follows the columns.
+    for order, node_id in enumerate(sorted(column, key=lambda i: (column[i], nodes[i]["pos"][1]))):
+        nodes[node_id]["order"] = order
+    if NOTE_ID in nodes:
+        nodes[NOTE_ID]["order"] = len(column)
+
+
+def set_note(workflow: dict, name: str) -> None:
+    text = NOTES[name]
+    lines = sum(1 + len(line) // 58 for line in text.splitlines())
+    note = {
+        "id": NOTE_ID, "type": "Note", "pos": [0, 0], "size": [520, 40 + lines * 17], "flags": {}, "order": 0,
+        "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [text], "title": "Read me",
+        "color": "#432", "bgcolor": "#653",
+    }
+    workflow["nodes"] = [n for n in workflow["nodes"] if n["id"] != NOTE_ID] + [note]
+    workflow["last_node_id"] = max(workflow["last_node_id"], NOTE_ID)
+
+
+def declare_downloads(workflow: dict) -> None:
+    for node in workflow["nodes"]:
+        download = DOWNLOADS.get(node["type"])
+        if download is not None:
+            node["widgets_values"][0] = download["name"]
+            node["properties"]["models"] = [dict(download)]
+
+
+def tidy() -> None:
+    for path in sorted(UI_FOLDER.glob("*.json")):
+        workflow = json.loads(path.read_text())
+        set_note(workflow, path.stem)
+        declare_downloads(workflow)
+        layout(workflow)
+        workflow["nodes"].sort(key=lambda n: n["id"])
+        workflow["extra"] = {"ds": {"scale": 0.5, "offset": [40, 40]}}
+        path.write_text(json.dumps(workflow, indent=1, ensure_ascii=False) + "\n")
+        print("tidied", path.relative_to(REPO_ROOT))
+
+
+def twins() -> None:
+    sys.path.insert(0, str(REPO_ROOT))
+    from comfy_cli.workflow_to_api import convert_ui_to_api
+
+    from harness.comfyui_server import ComfyUIServer, find_comfyui
+    from harness.comfyui_pack import comfyui_version
+
+    comfyui = find_comfyui()
+    if comfyui is None:
+        raise SystemExit("set COMFYUI_PATH to a ComfyUI folder")
+    folder = TWIN_FOLDER / f"comfyui-{comfyui_version(comfyui)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as workdir, ComfyUIServer(comfyui, Path(workdir)) as server:
+        info = server.get_json("/object_info")
+    for path in sorted(UI_FOLDER.glob("*.json")):
+        twin = convert_ui_to_api(json.loads(path.read_text()), info)
+        (folder / path.name).write_text(json.dumps(twin, indent=1, ensure_ascii=False) + "\n")
+        print("wrote", (folder / path.name).relative_to(REPO_ROOT))
+
+
+CARD_LABELS = {
+    "Portrait to animated video": "portrait + driving video -> MP4",
+    "Portrait video - upscaled": "upscaled 4x, pasted back, full size",
+    "Portrait video - any sampler": "any ComfyUI sampler and sigmas",
+    "Portrait video - long take": "long takes, flat memory, sound kept",
+}
+
+
+def _graph_picture(shot: Path):
+    """The screenshot cropped to the drawn graph (pixels unlike the canvas background)."""
+    import numpy as np
+    from PIL import Image
+
+    image = Image.open(shot).convert("RGB")
+    pixels = np.asarray(image).astype(int)
+    height, width = pixels.shape[:2]
+    area = pixels[int(height * 0.08): int(height * 0.9), int(width * 0.05): int(width * 0.97)]
+    background = np.median(area.reshape(-1, 3), axis=0)
+    drawn = np.abs(area - background).sum(axis=2) > 40
+    drawn[int(height * 0.66):, int(width * 0.78):] = False  # the minimap and the canvas controls
+    rows, cols = np.nonzero(drawn)
+    top, left = int(height * 0.08), int(width * 0.05)
+    return image.crop((left + cols.min(), top + rows.min(), left + cols.max() + 1, top + rows.max() + 1))
+
+
+def thumbnails(shots: Path) -> None:
+    import av
+    from PIL import Image, ImageDraw, ImageFont
+
+    media = REPO_ROOT.parent / "shared" / "media"
+    portrait = Image.open(media / "photo_ref.png").convert("RGB")
+    with av.open(str(media / "driving_230f.mp4")) as container:
+        driving = next(f for i, f in enumerate(container.decode(video=0)) if i == 100).to_image()
+    size, half = 512, 250
+    font = ImageFont.load_default(size=22)
+    for path in sorted(UI_FOLDER.glob("*.json")):
+        if not (shots / f"{path.stem} graph.png").is_file():
+            print("no screenshot of", path.stem, "- its picture is kept")
+            continue
+        card = Image.new("RGB", (size, size), (24, 24, 27))
+        card.paste(portrait.resize((half, half)), (4, 4))
+        card.paste(driving.resize((half, half)), (size - half - 4, 4))
+        graph = _graph_picture(shots / f"{path.stem} graph.png")
+        graph.thumbnail((size - 8, size - half - 56))
+        card.paste(graph, ((size - graph.width) // 2, half + 10))
+        ImageDraw.Draw(card).text((10, size - 34), CARD_LABELS[path.stem], fill=(235, 235, 235), font=font)
+        target = path.with_suffix(".jpg")
+        card.save(target, quality=80, optimize=True)
+        print("wrote", target.relative_to(REPO_ROOT), target.stat().st_size, "bytes")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["thumbnails"] and len(sys.argv) == 3:
+        thumbnails(Path(sys.argv[2]))
+    elif sys.argv[1:] == ["tidy"]:
+        tidy()
+    elif sys.argv[1:] == ["twins"]:
+        twins()
+    else:
+        raise SystemExit(__doc__)
