@@ -60,7 +60,7 @@ def main() -> None:
         single = pipeline.sample(**inputs, window_predictor=timed_here)
         one_process = sum(step_seconds)
         rows = []
-        with loopback_ray_cluster(num_cpus=max(counts)) as (address, _), ray_cluster(address):
+        with loopback_ray_cluster(num_cpus=max(counts)) as cluster, ray_cluster(cluster.address):
             for count in counts:
                 with RayWindowPool.start(weights, workers=count) as pool:
                     latents = pipeline.sample(**inputs, window_predictor=pool)

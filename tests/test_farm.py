@@ -1,11 +1,20 @@
 """Many clips and many workers (issue #15): ``xportrait2 batch`` locally and on Ray, and one take
-whose sampling windows are shared among Ray workers, on tiny weights and a loopback Ray cluster."""
+whose sampling windows are shared among Ray workers, on tiny weights and one loopback-only Ray
+cluster for the whole module (see :mod:`harness.ray_cluster`).
+
+Kept short for CI (two CPU cores): 3-frame clips at 64 x 64, 2 steps, windows of 2 frames (so
+that a clip has two windows to share), the batch and the command line run in this process where
+they can, and one ``animate`` render serves as the one-process reference of the ``--ray`` one."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
+import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -17,24 +26,33 @@ import torch
 
 from harness import REPO_ROOT
 from harness.media import media, write_driving_clip
-from harness.ray_cluster import loopback_ray_cluster
-from tests.test_cli import leftovers, run_cli
+from harness.ray_cluster import (
+    LoopbackRayCluster,
+    listening_sockets,
+    loopback_ray_cluster,
+    network_namespace,
+    reachable_from_outside,
+)
+from tests.test_cli import leftovers
 from xportrait2_core.batch import ManifestError, jobs_from_folders, read_manifest
 from xportrait2_core.cli import main as cli
 from xportrait2_core.farm import RayWindowPool, contiguous_shares, ray_cluster
 from xportrait2_core.media.video_reader import iter_frames, probe_video
 from xportrait2_core.testing.tiny_take import tiny_take
 
-FAST = ["--steps", "2", "--size", "64", "--offline"]
-CLIP_FRAMES = 6
+# One branch (no guidance) halves the denoiser's work; the sharding test samples with guidance.
+FAST = ["--steps", "2", "--size", "64", "--guidance", "1", "--context-frames", "2", "--context-overlap", "0", "--offline"]
+CLIP_FRAMES = 3
+LOOPBACK_ADDRESSES = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A 2-CPU Ray on 127.0.0.1; afterwards every process it started is checked to be gone."""
-    with loopback_ray_cluster(num_cpus=2) as (address, process):
-        yield address, process
-        started = [p.pid for p in psutil.Process(process.pid).children(recursive=True)]
+    """One 2-CPU Ray on 127.0.0.1 in a loopback-only network namespace for the module's Ray tests;
+    afterwards every process it started is checked to be gone."""
+    with loopback_ray_cluster(num_cpus=2) as cluster:
+        yield cluster
+        started = cluster.pids()
     assert not [pid for pid in started if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
 
 
@@ -44,7 +62,8 @@ def clip(tmp_path_factory) -> Path:
 
 
 def write_manifest(folder: Path, clip: Path, outputs: list[str], bad_row: int) -> Path:
-    """A CSV of jobs writing ``outputs``; the ``bad_row``-th drives with a file that is no video."""
+    """A CSV of jobs writing ``outputs``, job n with seed n; the ``bad_row``-th drives with a file
+    that is no video."""
     corrupt = folder / "corrupt.mp4"
     corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
     portraits = [media("photo_ref.png"), media("cartoon_ref.png")]
@@ -59,6 +78,25 @@ def write_manifest(folder: Path, clip: Path, outputs: list[str], bad_row: int) -
 
 def read_report(manifest: Path) -> list[dict]:
     return json.loads(manifest.with_suffix(".report.json").read_text())["jobs"]
+
+
+def run_in_process(arguments: list[str]) -> tuple[int, str, str]:
+    """``xportrait2 ARGUMENTS`` in this process (no interpreter to start): status, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli(arguments)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def local_batch(weights, clip, tmp_path_factory):
+    """A manifest of 3 jobs, the second with a corrupt video, run once in this process without Ray:
+    (manifest, its command line, exit status, stdout, stderr). Job a (photo, seed 0, no paste-back)
+    is also the one-process reference of ``animate --ray``."""
+    folder = tmp_path_factory.mktemp("local-batch")
+    manifest = write_manifest(folder, clip, ["a.mp4", "b.mp4", "c.mp4"], bad_row=1)
+    arguments = ["batch", str(manifest), "--weights", str(weights), "--no-paste-back", *FAST]
+    return (manifest, arguments, *run_in_process(arguments))
 
 
 def test_manifests_and_folders_become_jobs(weights, tmp_path):
@@ -130,68 +168,34 @@ def test_without_ray_installed_the_engine_works_and_ray_is_one_clear_line(weight
     ]
 
 
-def test_local_batch_reports_every_job_and_a_rerun_skips_the_finished(weights, clip, tmp_path, capsys):
-    outputs = ["a.mp4", "b.mp4", "c.mp4", "d.mp4"]
-    manifest = write_manifest(tmp_path, clip, outputs, bad_row=2)
-    arguments = ["batch", str(manifest), "--weights", str(weights), "--no-paste-back", *FAST]
-    assert cli(arguments) == 1  # one job failed
-    printed = capsys.readouterr()
+def test_local_batch_reports_every_job_and_a_rerun_skips_the_finished(local_batch):
+    manifest, arguments, code, printed, bars = local_batch
+    folder = manifest.parent
+    assert code == 1, printed + bars  # one job failed
     report = read_report(manifest)
     assert [(job["output"], job["status"], job["frames"]) for job in report] == [
-        (str(tmp_path / "a.mp4"), "done", CLIP_FRAMES),
-        (str(tmp_path / "b.mp4"), "done", CLIP_FRAMES),
-        (str(tmp_path / "c.mp4"), "failed", None),
-        (str(tmp_path / "d.mp4"), "done", CLIP_FRAMES),
+        (str(folder / "a.mp4"), "done", CLIP_FRAMES),
+        (str(folder / "b.mp4"), "failed", None),
+        (str(folder / "c.mp4"), "done", CLIP_FRAMES),
     ]
-    assert "corrupt.mp4" in report[2]["error"] and "\n" not in report[2]["error"]
+    assert "corrupt.mp4" in report[1]["error"] and "\n" not in report[1]["error"]
     assert all(job["seconds"] > 0 for job in report) and report[0]["error"] is None
-    assert "4 jobs: 3 done, 0 skipped, 1 failed" in printed.out
-    assert "sampling" in printed.err and "jobs" in printed.err  # the job bar and the current job's stage bars
-    assert leftovers(tmp_path) == ["a.mp4", "b.mp4", "corrupt.mp4", "d.mp4", "jobs.csv", "jobs.report.json"]
-    finished = {name: (tmp_path / name).stat().st_mtime_ns for name in ("a.mp4", "b.mp4", "d.mp4")}
+    lines = printed.splitlines()
+    assert f"jobs.csv line 3: failed: {report[1]['error']}" in lines  # said when it happens
+    table = lines[lines.index(next(line for line in lines if line.startswith("job "))):]
+    assert table[0].split() == ["job", "status", "frames", "seconds", "output", "error"]
+    assert table[2].split()[:4] == ["jobs.csv", "line", "3", "failed"]
+    assert f"  {folder / 'b.mp4'}  {report[1]['error']}" in table[2]
+    assert "3 jobs: 2 done, 0 skipped, 1 failed" in printed
+    assert "sampling" in bars and "jobs" in bars  # the job bar and the current job's stage bars
+    assert leftovers(folder) == ["a.mp4", "c.mp4", "corrupt.mp4", "jobs.csv", "jobs.report.json"]
+    finished = {name: (folder / name).stat().st_mtime_ns for name in ("a.mp4", "c.mp4")}
 
-    assert cli(arguments) == 1
-    assert [job["status"] for job in read_report(manifest)] == ["skipped", "skipped", "failed", "skipped"]
-    assert {name: (tmp_path / name).stat().st_mtime_ns for name in finished} == finished
-
-
-def partial_writer(cluster_process: psutil.Process, folder: Path):
-    """The cluster process that has a partial output of ``folder`` open (writing it), if any."""
-    for process in cluster_process.children(recursive=True):
-        try:
-            if any(".partial." in Path(f.path).name and Path(f.path).parent == folder for f in process.open_files()):
-                return process
-        except psutil.Error:
-            continue
-    return None
-
-
-def test_ray_batch_finishes_every_good_job_when_a_worker_is_killed_mid_job(weights, clip, cluster, tmp_path):
-    address, ray_start = cluster
-    outputs = [f"job{n}.mp4" for n in range(4)]
-    manifest = write_manifest(tmp_path, clip, outputs, bad_row=3)
-    # Pasting back into the full portrait makes writing each video take long enough to be caught at it.
-    batch = subprocess.Popen(
-        [sys.executable, "-m", "xportrait2_core.cli", "batch", str(manifest), "--weights", str(weights), *FAST,
-         f"--ray={address}", "--workers", "2"],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    killed = None
-    deadline = time.monotonic() + 600
-    while killed is None and batch.poll() is None and time.monotonic() < deadline:
-        writer = partial_writer(psutil.Process(ray_start.pid), tmp_path)
-        if writer is not None:
-            writer.kill()
-            killed = writer.pid
-        time.sleep(0.02)
-    printed, _ = batch.communicate(timeout=600)
-    assert killed is not None, f"no worker was caught writing a video:\n{printed}"
-    assert batch.returncode == 1, printed  # the bad job
-    report = read_report(manifest)
-    assert [job["status"] for job in report] == ["done", "done", "done", "failed"], printed
-    for job in report[:3]:
-        assert job["frames"] == CLIP_FRAMES == probe_video(job["output"]).frame_count
-    assert leftovers(tmp_path) == sorted(["corrupt.mp4", "jobs.csv", "jobs.report.json", *outputs[:3]])
+    code, printed, _ = run_in_process(arguments)
+    assert code == 1
+    assert [job["status"] for job in read_report(manifest)] == ["skipped", "failed", "skipped"]
+    assert "3 jobs: 0 done, 2 skipped, 1 failed" in printed
+    assert {name: (folder / name).stat().st_mtime_ns for name in finished} == finished
 
 
 def test_windows_are_shared_out_in_order():
@@ -200,27 +204,98 @@ def test_windows_are_shared_out_in_order():
     assert contiguous_shares(windows[:1], 4) == [[[0]]]
 
 
+def partial_files(folder: Path) -> list[str]:
+    return [name for name in os.listdir(folder) if ".partial." in name]
+
+
+def kill_the_worker_mid_file(cluster: LoopbackRayCluster, folder: Path, batch: subprocess.Popen) -> tuple[int, list[str]]:
+    """SIGKILL the batch's Ray worker (by its pid) while it writes a video into ``folder`` (its
+    partial file exists); returns the pid and the partial files still there right after the kill."""
+    deadline = time.monotonic() + 600
+    worker, listed = None, 0.0
+    while batch.poll() is None and time.monotonic() < deadline:
+        if worker is None and time.monotonic() - listed > 0.2:
+            listed = time.monotonic()
+            for pid in cluster.pids():
+                with contextlib.suppress(psutil.Error):
+                    if "BatchWorker" in " ".join(psutil.Process(pid).cmdline()):
+                        worker = psutil.Process(pid)
+        if worker is not None and partial_files(folder):
+            worker.kill()
+            worker.wait(30)
+            return worker.pid, partial_files(folder)
+        time.sleep(0.005)
+    raise AssertionError(f"no worker was caught writing a video; the batch said:\n{batch.communicate(timeout=600)[0]}")
+
+
+def test_ray_batch_finishes_every_good_job_when_a_worker_is_killed_mid_job(weights, clip, cluster, tmp_path, capsys):
+    """4 jobs, the last with a corrupt video, on one worker (so that the one writing is known),
+    killed while it writes its first video: the job runs again on a new worker, the rest follow."""
+    outputs = [f"job{n}.mp4" for n in range(4)]
+    manifest = write_manifest(tmp_path, clip, outputs, bad_row=3)
+    arguments = ["batch", str(manifest), "--weights", str(weights), *FAST, f"--ray={cluster.address}", "--workers", "1"]
+    batch = subprocess.Popen([sys.executable, "-m", "xportrait2_core.cli", *arguments],
+                             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed, partial_after_kill = kill_the_worker_mid_file(cluster, tmp_path, batch)
+    printed, _ = batch.communicate(timeout=600)
+    assert partial_after_kill, "the worker was killed after its video was complete, not mid-file"
+    assert not psutil.pid_exists(killed) or psutil.Process(killed).status() == psutil.STATUS_ZOMBIE
+    assert batch.returncode == 1, printed  # the bad job
+    report = read_report(manifest)
+    assert [job["status"] for job in report] == ["done", "done", "done", "failed"], printed
+    for job in report[:3]:
+        assert job["frames"] == CLIP_FRAMES == probe_video(job["output"]).frame_count
+    assert "corrupt.mp4" in report[3]["error"]
+    assert leftovers(tmp_path) == sorted(["corrupt.mp4", "jobs.csv", "jobs.report.json", *outputs[:3]])
+    # Resumable on Ray too: the finished jobs are skipped, the bad one fails again (before any worker starts).
+    assert cli(arguments) == 1
+    assert [job["status"] for job in read_report(manifest)] == ["skipped", "skipped", "skipped", "failed"]
+    assert "4 jobs: 0 done, 3 skipped, 1 failed" in capsys.readouterr().out
+
+
+def test_animate_with_ray_writes_the_same_video_as_one_process(local_batch, weights, clip, cluster, tmp_path):
+    """`animate --ray --workers 2`, each step's two windows on two workers, against job a of the
+    local batch: the same portrait, clip, seed 0 and settings rendered in one process."""
+    manifest = local_batch[0]
+    output = tmp_path / "ray.mp4"
+    code, printed, bars = run_in_process([
+        "animate", str(media("photo_ref.png")), str(clip), "-o", str(output), "--weights", str(weights),
+        "--no-paste-back", *FAST, f"--ray={cluster.address}", "--workers", "2",
+    ])
+    assert code == 0, printed + bars
+    assert "sampling shared among 2 Ray workers" in printed
+    frames = 0
+    for one, shared in zip(iter_frames(manifest.parent / "a.mp4"), iter_frames(output), strict=True):
+        assert torch.equal(one, shared)
+        frames += 1
+    assert frames == CLIP_FRAMES
+
+
+def assert_reachable_from_this_computer_only(cluster: LoopbackRayCluster) -> None:
+    """Every process of the cluster, and this driver, is in the loopback-only network namespace,
+    every socket they listen on is on 127.0.0.1, and none answers from outside that namespace."""
+    pids = [*cluster.pids(), os.getpid()]
+    assert {network_namespace(pid) for pid in pids} == {cluster.network.namespace} != {cluster.network.outside}
+    assert [name for _, name in socket.if_nameindex()] == ["lo"]  # seen from the namespace
+    listening = listening_sockets(pids)
+    print("listening:", {f"{psutil.Process(pid).name()} ({pid})": s for pid, s in listening.items() if s})
+    addresses = {address for sockets in listening.values() for address, _ in sockets}
+    ports = sorted({port for sockets in listening.values() for _, port in sockets})
+    assert len(ports) >= 4  # the GCS, the raylet's two, and at least a worker's or the driver's
+    assert addresses <= LOOPBACK_ADDRESSES, listening
+    assert reachable_from_outside(cluster.network, ports) == []
+
+
 def test_sharded_take_gives_the_same_latents_as_one_process(weights, cluster):
-    """60 frames, 3 windows a step, the windows of each step shared between 2 workers."""
-    address, _ = cluster
+    """60 frames, 3 windows a step, the windows of each step shared between 2 workers; while the
+    workers are up, the whole cluster is checked to be reachable from this computer only."""
     pipeline, inputs = tiny_take(weights, frames=60, size=64, steps=2)
     single = pipeline.sample(**inputs)
-    with ray_cluster(address), RayWindowPool.start(weights, workers=2) as pool:
+    with ray_cluster(cluster.address), RayWindowPool.start(weights, workers=2) as pool:
         sharded = pipeline.sample(**inputs, window_predictor=pool)
         shares = [timing.bytes_out for timing in pool.timings]
+        assert_reachable_from_this_computer_only(cluster)
     difference = (sharded - single).abs().max().item()
     print(f"sharded over 2 workers vs one process, 60 frames: max abs difference {difference:.3e}")
     assert len(shares) == 2 and all(shares)  # both steps went through the pool
     assert torch.equal(sharded, single), f"max abs difference {difference:.3e}"
-
-
-def test_animate_with_ray_writes_the_same_video_as_one_process(weights, clip, cluster, tmp_path):
-    address, _ = cluster
-    arguments = [str(media("cartoon_ref.png")), str(clip), "--weights", str(weights), "--no-paste-back", *FAST,
-                 "--context-frames", "4", "--context-overlap", "1"]
-    assert run_cli("animate", *arguments, "-o", str(tmp_path / "one.mp4"))[0] == 0
-    code, printed = run_cli("animate", *arguments, "-o", str(tmp_path / "ray.mp4"), f"--ray={address}", "--workers", "2")
-    assert code == 0, printed
-    assert "sampling shared among 2 Ray workers" in printed
-    for one, shared in zip(iter_frames(tmp_path / "one.mp4"), iter_frames(tmp_path / "ray.mp4"), strict=True):
-        assert torch.equal(one, shared)

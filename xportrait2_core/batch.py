@@ -181,6 +181,17 @@ def finished_result(job: BatchJob) -> Optional[JobResult]:
     return JobResult(job.label, SKIPPED, str(output), frames)
 
 
+def refused_result(job: BatchJob) -> Optional[JobResult]:
+    """A "failed" result when the job's driving video cannot be read, found before any model is
+    loaded or any worker is busy with it (a batch whose only job left is a bad one loads nothing)."""
+    started = time.monotonic()
+    try:
+        probe_video(job.request.driving)
+    except Exception as error:  # as in run_job: the error is the job's result
+        return JobResult(job.label, FAILED, str(job.request.output), None, time.monotonic() - started, one_line(error))
+    return None
+
+
 def one_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     text = lines[0] if lines else ""
@@ -216,7 +227,7 @@ def run_locally(
     results: list[JobResult] = []
     models: Optional[LoadedModels] = None
     for job in jobs:
-        result = finished_result(job)
+        result = finished_result(job) or refused_result(job)
         if result is None:
             models = models or load_all_models(job.request)
             result = run_job(job, models, progress)

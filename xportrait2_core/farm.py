@@ -29,7 +29,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 
 from .animate import AnimateRequest, load_all_models, pick_device
-from .batch import FAILED, BatchJob, JobResult, ResultCallback, finished_result, one_line, run_job
+from .batch import FAILED, BatchJob, JobResult, ResultCallback, finished_result, one_line, refused_result, run_job
 from .media.video_writer import remove_partial_files
 from .sampling import Conditioning, WindowPredictions, predict_windows
 from .weights.loading import WeightFiles, load_models
@@ -124,7 +124,7 @@ def run_batch_on_ray(
 
     queue: deque[tuple[int, int]] = deque()  # (job index, attempts so far)
     for index, job in enumerate(jobs):
-        finished = finished_result(job)
+        finished = finished_result(job) or refused_result(job)
         if finished is not None:
             record(index, finished)
         else:
