@@ -1,11 +1,13 @@
 """Scaling of one long take over Ray workers (``xportrait2 animate --ray --workers N``).
 
-On the tiny random weights and a loopback CPU Ray cluster of its own, samples one long take in
-one process and then with each step's windows shared among 1, 2, 4 workers, and prints a table:
-the sampling wall time, the ratios to one worker and to one process, whether the latents equal
-the one-process latents, and per step the bytes sent and received and the communication share
-(the part of a step's wall time that is not the slowest worker's denoiser time: object store,
-scheduling, serialisation). Run from the repository root with the ``farm`` and ``test`` extras::
+On the tiny random weights and a loopback CPU Ray cluster of its own (in a loopback-only network
+namespace, see harness/ray_cluster.py: run it as root), samples one long take in one process and
+then with each step's windows shared among 1, 2, 4 workers, and prints a table: the sampling wall
+time (of a second, warm run), the ratios to one worker and to one process, whether the latents
+equal the one-process latents, and per step the bytes sent and received and the communication
+share (the part of a step's wall time that is not the slowest worker's denoiser time: object
+store, scheduling, serialisation). Run from the repository root with the ``farm`` and ``test``
+extras::
 
     python bench/farm.py [--frames 240] [--size 64] [--steps 2] [--workers 1,2,4]
 """
@@ -57,12 +59,17 @@ def main() -> None:
                 return result
             return predictions
 
+        # Every run is timed warm: a first, untimed run takes the one-time costs (allocations,
+        # kernel choices, for the workers also their first object-store transfers).
+        pipeline.sample(**inputs)
         single = pipeline.sample(**inputs, window_predictor=timed_here)
         one_process = sum(step_seconds)
         rows = []
         with loopback_ray_cluster(num_cpus=max(counts)) as cluster, ray_cluster(cluster.address):
             for count in counts:
                 with RayWindowPool.start(weights, workers=count) as pool:
+                    pipeline.sample(**inputs, window_predictor=pool)
+                    pool.timings.clear()
                     latents = pipeline.sample(**inputs, window_predictor=pool)
                     timings = pool.timings
                 wall = sum(t.wall_seconds for t in timings)

@@ -32,7 +32,7 @@ from .animate import AnimateRequest, load_all_models, pick_device
 from .batch import FAILED, BatchJob, JobResult, ResultCallback, finished_result, one_line, refused_result, run_job
 from .media.video_writer import remove_partial_files
 from .sampling import Conditioning, WindowPredictions, predict_windows
-from .weights.loading import WeightFiles, load_models
+from .weights.loading import WeightFiles, load_denoiser
 
 INSTALL_HINT = "Ray is not installed: pip install 'comfyui-xportrait2[farm]' (or pip install '.[farm]' in a checkout)"
 DEFAULT_ATTEMPTS = 3
@@ -195,7 +195,7 @@ class WindowWorker:
     def __init__(self, weights: str, dtype: torch.dtype):
         # Ray hands a GPU worker its GPU as the only visible one.
         self.device = pick_device(None)
-        self.denoiser = load_models(Path(weights), self.device, dtype).denoiser
+        self.denoiser = load_denoiser(Path(weights), self.device, dtype)
         self.conditioning: Optional[Conditioning] = None
 
     def bind(self, conditioning: Conditioning) -> None:
