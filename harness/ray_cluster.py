@@ -118,12 +118,14 @@ def _outside(network: LoopbackNetwork) -> Iterator[None]:
 
 def reachable_from_outside(network: LoopbackNetwork, ports: list[int]) -> list[str]:
     """Connect from the namespace outside (this computer's own addresses, loopback included) to
-    ``ports``; every address:port that answered."""
+    ``ports``; every address:port that answered. A port that some process outside listens on
+    itself (Ray's own random picks can coincide with one) is not tried."""
     answered = []
     with _outside(network):
+        taken = {c.laddr.port for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
         addresses = [a.address for addrs in psutil.net_if_addrs().values() for a in addrs if a.family == socket.AF_INET]
         for address in addresses:
-            for port in ports:
+            for port in sorted(set(ports) - taken):
                 with socket.socket() as s:
                     s.settimeout(2)
                     if s.connect_ex((address, port)) == 0:
@@ -193,9 +195,10 @@ class LoopbackRayCluster:
 def loopback_ray_cluster(num_cpus: int = 2) -> Iterator[LoopbackRayCluster]:
     """Start a one-node Ray on 127.0.0.1, in a loopback-only network namespace that this thread
     enters until the end (see the module's notes), with ``num_cpus`` CPU slots and no GPU."""
+    # Ports free outside as well, so that nothing there answers on them (see reachable_from_outside).
+    (gcs, object_manager, node_manager, agent_listen, agent_grpc, runtime_env, metrics,
+     *workers) = free_ports(7 + WORKER_PORTS)
     with loopback_only_network() as network:
-        (gcs, object_manager, node_manager, agent_listen, agent_grpc, runtime_env, metrics,
-         *workers) = free_ports(7 + WORKER_PORTS)
         # A short folder: Ray's Unix sockets live under it, and their paths are limited to ~100 bytes.
         temp_dir = Path(tempfile.mkdtemp(prefix="xp2ray-", dir="/tmp" if os.path.isdir("/tmp") else None))
         log = temp_dir / "ray-start.log"
