@@ -4,7 +4,8 @@ Ray 2.60 has no setting for the address its servers bind: with ``--node-ip-addre
 the GCS server and the raylet still listen on every interface (``*:port``) and the runtime-env
 agent on the machine's own address. So the cluster runs in a network namespace of its own whose
 only interface is loopback (:func:`loopback_only_network`; Linux, and root or CAP_SYS_ADMIN):
-whatever address a Ray process binds there, nothing outside this computer's loopback can reach it.
+whatever address a Ray process binds there, nothing outside this computer's loopback can reach it
+(there, having no other address, they bind 127.0.0.1, which the tests check as well).
 The process that starts the cluster (the test or benchmark, the driver) enters that namespace
 too, and every process it starts meanwhile (``ray start``, the command line under test) is born
 in it. :func:`listening_sockets` and :func:`reachable_from_outside` check it.
@@ -27,8 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import psutil
