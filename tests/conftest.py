@@ -59,6 +59,15 @@ def comfyui_path():
 
 
 @pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> Path:
+    """What the command line needs, tiny and random: the tiny-weights command's files and the face detector."""
+    folder = tmp_path_factory.mktemp("cli-weights")
+    assert cli(["tiny-weights", str(folder)]) == 0
+    shutil.copyfile(media("yunet_final.pth"), folder / "yunet_final.pth")
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_fixture() -> GoldenFixture:
     """One golden fixture (the first found), for tests that need official-layout tiny weights."""
     return GoldenFixture(fixture_dirs()[0])
@@ -72,15 +81,6 @@ def tiny_weights(tiny_fixture, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_models(tiny_weights):
     return load_models(tiny_weights, device="cpu", dtype=torch.float32)
-
-
-@pytest.fixture(scope="session")
-def weights(tmp_path_factory) -> Path:
-    """A weights folder for the command line: tiny random X-NeMo files and the face detector."""
-    folder = tmp_path_factory.mktemp("cli-weights")
-    assert cli(["tiny-weights", str(folder)]) == 0
-    shutil.copyfile(media("yunet_final.pth"), folder / "yunet_final.pth")
-    return folder
 
 
 @pytest.fixture(scope="session")

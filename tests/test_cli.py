@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import av
 import numpy as np
-import pytest
 import torch
 
 from harness import REPO_ROOT

@@ -28,7 +28,7 @@ from .media.source_crops import REFERENCE_IMAGE_SIZE, SourcePortrait
 from .media.video_writer import VideoWriter
 from .pipeline import XPortrait2Pipeline
 from .progress import ProgressFn, progress_of_face
-from .sampling import SamplingSettings
+from .sampling import SamplingSettings, WindowPredictorFactory
 from .weights.loading import default_dtype
 from .weights.standalone_models import load_clip_image_encoder, load_temporal_vae
 
@@ -96,6 +96,24 @@ def load_pipeline(request: AnimateRequest, device: torch.device, dtype: torch.dt
     return XPortrait2Pipeline.from_folder(request.weights, clip, vae.encode, vae.decode, device=device, dtype=dtype)
 
 
+@dataclass(frozen=True)
+class LoadedModels:
+    """Everything :func:`animate_files` loads, kept across the jobs of a batch (``xportrait2 batch``)."""
+
+    detector: FaceDetectorRunner
+    pipeline: XPortrait2Pipeline
+
+
+def load_detector(request: AnimateRequest, device: torch.device) -> FaceDetectorRunner:
+    return FaceDetectorRunner.from_weights(find_yunet_weights(request.face_detector, [request.weights]), device=device)
+
+
+def load_all_models(request: AnimateRequest) -> LoadedModels:
+    device = pick_device(request.device)
+    dtype = request.dtype or default_dtype(device)
+    return LoadedModels(load_detector(request, device), load_pipeline(request, device, dtype))
+
+
 def choose_faces(request: AnimateRequest, image: torch.Tensor, detector: FaceDetectorRunner) -> tuple[PortraitFaces, list[FaceDrive]]:
     """The portrait's chosen faces (listed in the log with their boxes) and what drives each."""
     selection = tuple(item.face for item in request.drive_mapping) or parse_face_selection(request.faces)
@@ -135,6 +153,7 @@ def sample_faces(
     request: AnimateRequest,
     frames: int,
     progress: Optional[ProgressFn] = None,
+    window_predictor: Optional[WindowPredictorFactory] = None,
 ) -> list[torch.Tensor]:
     """Each face's latents, one face after another on the same models (so memory holds one face's
     work at a time), each exactly what a run of that face alone gives. Every face gets ``frames``
@@ -151,25 +170,31 @@ def sample_faces(
                 seed=request.seed,
                 settings=request.settings,
                 progress=face_progress,
+                window_predictor=window_predictor,
             )
         )
     return all_latents
 
 
-def animate_files(request: AnimateRequest, progress: Optional[ProgressFn] = None) -> Path:
+def animate_files(
+    request: AnimateRequest,
+    progress: Optional[ProgressFn] = None,
+    models: Optional[LoadedModels] = None,
+    window_predictor: Optional[WindowPredictorFactory] = None,
+) -> Path:
+    """Render ``request``; ``models`` (from :func:`load_all_models` of the same weights, device and
+    dtype) skips the loading, ``window_predictor`` runs the sampler's denoiser calls elsewhere."""
     check_request(request)
     image = load_image(request.source)
     device = pick_device(request.device)
     dtype = request.dtype or default_dtype(device)
-    detector = FaceDetectorRunner.from_weights(
-        find_yunet_weights(request.face_detector, [request.weights]), device=device
-    )
+    detector = models.detector if models else load_detector(request, device)
     faces, drives = choose_faces(request, image, detector)
     takes, plans = plan_drives(drives, request, detector, progress)
     lengths = [plan.frame_count for plan in plans]
     frames = max(lengths) if request.hold_last_frame else min(lengths)
-    pipeline = load_pipeline(request, device, dtype)
-    all_latents = sample_faces(pipeline, faces.portraits, takes, plans, request, frames, progress)
+    pipeline = models.pipeline if models else load_pipeline(request, device, dtype)
+    all_latents = sample_faces(pipeline, faces.portraits, takes, plans, request, frames, progress, window_predictor)
     audio = request.audio_from or drives[0].driving
     with VideoWriter(request.output, takes[0].info.fps, audio_from=audio) as writer:
         if not request.paste_back:

@@ -97,27 +97,26 @@ def default_weights() -> Path:
     return Path(os.environ.get(WEIGHTS_ENV, "pretrained_weights"))
 
 
-def animate(args: argparse.Namespace) -> int:
-    from .animate import AnimateRequest, animate_files
+def request_from_args(args: argparse.Namespace, source: str, driving: Sequence[str], output: str):
+    """The render settings of ``animate``/``batch`` (see :func:`add_render_options`) as a request;
+    ``driving``: the driving videos, one for all faces or one per chosen face."""
+    from .animate import AnimateRequest
     from .face_drives import parse_drive_mapping, parse_performer
     from .sampling import SamplingSettings
 
-    if not args.driving and not args.more_driving and not args.drive:
-        raise UsageError("give a driving video (or --drive FACE=VIDEO)")
-
-    driving = [Path(args.driving)] if args.driving else []
-    driving += [Path(video) for video in args.more_driving]
-    request = AnimateRequest(
-        source=Path(args.source),
-        driving=driving[0] if driving else None,
-        more_driving=tuple(driving[1:]),
+    videos = [Path(video) for video in driving]
+    audio_from = getattr(args, "audio_from", None)
+    return AnimateRequest(
+        source=Path(source),
+        driving=videos[0] if videos else None,
+        more_driving=tuple(videos[1:]),
         faces=args.faces,
         performer=parse_performer(args.performer),
-        drive_mapping=tuple(parse_drive_mapping(item) for item in args.drive),
+        drive_mapping=tuple(parse_drive_mapping(item) for item in getattr(args, "drive", ())),
         blend=args.blend,
-        hold_last_frame=args.hold_last_frame,
-        audio_from=Path(args.audio_from) if args.audio_from else None,
-        output=Path(args.output),
+        hold_last_frame=getattr(args, "hold_last_frame", False),
+        audio_from=Path(audio_from) if audio_from else None,
+        output=Path(output),
         weights=Path(args.weights),
         seed=args.seed,
         settings=SamplingSettings(args.steps, args.guidance, args.context_frames, args.context_overlap),
@@ -128,8 +127,23 @@ def animate(args: argparse.Namespace) -> int:
         dtype=None if args.dtype == "auto" else DTYPES[args.dtype],
         face_detector=Path(args.face_detector) if args.face_detector else None,
         allow_download=not args.offline,
-        overwrite=args.overwrite,
+        overwrite=getattr(args, "overwrite", False),
     )
+
+
+def animate(args: argparse.Namespace) -> int:
+    from .animate import animate_files
+
+    if not args.driving and not args.more_driving and not args.drive:
+        raise UsageError("give a driving video (or --drive FACE=VIDEO)")
+    driving = [args.driving] if args.driving else []
+    request = request_from_args(args, args.source, driving + args.more_driving, args.output)
+    if args.ray is not None:
+        from .farm_cli import animate_on_ray
+
+        return animate_on_ray(args, request, ProgressBars())
+    if args.workers is not None:
+        raise UsageError("--workers shares a take's windows among Ray workers: give it with --ray")
     bars = ProgressBars()
     try:
         output = animate_files(request, progress=bars)
@@ -202,20 +216,7 @@ def tiny_weights(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xportrait2", description="X-Portrait 2 (X-NeMo) portrait animation")
-    commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("convert", help="convert official .pth weights to .safetensors")
-    p.add_argument("sources", nargs="+", help="official .pth files, or folders holding them")
-    p.add_argument("-o", "--output", help="folder for the .safetensors files (default: beside each source)")
-    p.add_argument("--dtype", choices=sorted(STORED_DTYPES), default="fp16", help="floating-point type to store (default fp16)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing .safetensors files")
-    p.set_defaults(run=convert)
-
-    p = commands.add_parser("animate", help="animate a portrait with a driving video")
-    p.add_argument("source", help="portrait image (PNG/JPEG/WebP)")
-    p.add_argument("driving", nargs="?", help="driving video (its frame rate and audio are kept)")
-    p.add_argument("-o", "--output", required=True, help="output .mp4")
+def add_render_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=str(default_weights()),
                    help=f"weights folder (default: ${WEIGHTS_ENV} or ./pretrained_weights)")
     p.add_argument("--seed", type=int, default=0)
@@ -231,22 +232,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-paste-back", action="store_true", help="write the generated square crop, not the whole picture")
     p.add_argument("--faces", default="largest",
                    help="portrait faces to animate: largest (default), all, or indices such as 0,2 (left to right)")
-    p.add_argument("--driving", dest="more_driving", action="append", default=[], metavar="VIDEO",
-                   help="another driving video; repeat it for one video per chosen face, in order")
     p.add_argument("--performer", default="largest",
                    help="face to follow in the driving video: largest (default), an index left to right at the "
                         "first frame with faces, or each (performer i drives face i)")
-    p.add_argument("--drive", nargs="+", default=[], metavar="FACE=VIDEO[:PERFORMER]",
-                   help="drive each face explicitly, e.g. --drive 0=a.mp4 1=b.mp4:1 (replaces the driving video and --faces)")
     p.add_argument("--blend", choices=["head", "rectangle"], default="head",
                    help="paste-back: head (feathered ellipse around the head, colour-matched; default) or "
                         "rectangle (the whole square with a feathered border)")
+    p.add_argument("--face-detector", help="YuNet weights file (default: yunet_final.pth in the weights folder or kornia's cache)")
+    p.add_argument("--offline", action="store_true", help="never download the CLIP/VAE models")
+
+
+def add_ray_options(p: argparse.ArgumentParser, workers_help: str) -> None:
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="run on Ray (pip install '.[farm]'): 'auto', a cluster address, or nothing for a new "
+                        "Ray on this computer; write it after the positional arguments or as --ray=ADDRESS")
+    p.add_argument("--workers", type=int, help=workers_help)
+
+
+def batch(args: argparse.Namespace) -> int:
+    from .farm_cli import batch as run_batch
+
+    return run_batch(args)
+
+
+def add_batch_parser(commands) -> None:
+    p = commands.add_parser("batch", help="animate many clips: a manifest (CSV/JSONL) or two folders",
+                            description="Jobs from a manifest (.csv with a header row, or .jsonl), one a row: "
+                                        "portrait, driving, output, and optionally seed, steps, guidance, size, "
+                                        "max_frames, paste_back, faces, performer; or PORTRAITS_DIR DRIVING_DIR -o OUT_DIR. "
+                                        "Finished outputs are skipped, so running it again completes a batch.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="a manifest, or PORTRAITS_DIR DRIVING_DIR")
+    p.add_argument("-o", "--output", help="output folder (with two folders as input)")
+    p.add_argument("--pairs", choices=["all", "zip"], default="all",
+                   help="with two folders: every portrait with every video (all), or the n-th with the n-th (zip)")
+    p.add_argument("--report", help="JSON report (default: beside the manifest, or in the output folder)")
+    add_render_options(p)
+    add_ray_options(p, workers_help="Ray workers, one job each at a time (default: one per GPU, or per CPU on a "
+                    "cluster without GPUs)")
+    p.add_argument("--attempts", type=int, default=3,
+                   help="with --ray: runs of a job whose worker died before it counts as failed (default 3)")
+    p.set_defaults(run=batch)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xportrait2", description="X-Portrait 2 (X-NeMo) portrait animation")
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("convert", help="convert official .pth weights to .safetensors")
+    p.add_argument("sources", nargs="+", help="official .pth files, or folders holding them")
+    p.add_argument("-o", "--output", help="folder for the .safetensors files (default: beside each source)")
+    p.add_argument("--dtype", choices=sorted(STORED_DTYPES), default="fp16", help="floating-point type to store (default fp16)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing .safetensors files")
+    p.set_defaults(run=convert)
+
+    p = commands.add_parser("animate", help="animate a portrait with a driving video")
+    p.add_argument("source", help="portrait image (PNG/JPEG/WebP)")
+    p.add_argument("driving", nargs="?", help="driving video (its frame rate and audio are kept)")
+    p.add_argument("-o", "--output", required=True, help="output .mp4")
+    add_render_options(p)
+    p.add_argument("--driving", dest="more_driving", action="append", default=[], metavar="VIDEO",
+                   help="another driving video; repeat it for one video per chosen face, in order")
+    p.add_argument("--drive", nargs="+", default=[], metavar="FACE=VIDEO[:PERFORMER]",
+                   help="drive each face explicitly, e.g. --drive 0=a.mp4 1=b.mp4:1 (replaces the driving video and --faces)")
     p.add_argument("--hold-last-frame", action="store_true",
                    help="with several driving videos, last as long as the longest (default: the shortest)")
     p.add_argument("--audio-from", metavar="VIDEO", help="take the sound from this video (default: the first driving video)")
-    p.add_argument("--face-detector", help="YuNet weights file (default: yunet_final.pth in the weights folder or kornia's cache)")
-    p.add_argument("--offline", action="store_true", help="never download the CLIP/VAE models")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    add_ray_options(p, workers_help="Ray workers sharing each sampling step's windows (default: one per GPU, "
+                    "or per CPU on a cluster without GPUs); the video equals the one-process video")
     p.set_defaults(run=animate)
 
     p = commands.add_parser("faces", help="list the faces of a portrait, numbered left to right, with their boxes")
@@ -254,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=str(default_weights()), help="weights folder holding yunet_final.pth")
     p.add_argument("--face-detector", help="YuNet weights file")
     p.set_defaults(run=faces)
+
+    add_batch_parser(commands)
 
     p = commands.add_parser("doctor", help="show what is installed and which weights are found where")
     p.add_argument("--weights", default=str(default_weights()), help="weights folder to inspect")
@@ -287,4 +341,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m` runs this file as __main__, a second copy beside the package's module: run the
+    # package's, so that the UsageError raised by modules it imports (farm_cli) is the one caught.
+    from xportrait2_core.cli import main as package_main
+
+    sys.exit(package_main())

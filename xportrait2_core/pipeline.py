@@ -24,7 +24,7 @@ from .models.operations import LayerFactory
 from .models.reference_attention import ReferenceKeysValues
 from .progress import ProgressFn, report
 from .reference_appearance import VAE_SCALING, check_reference_size, encode_reference
-from .sampling import Conditioning, SamplingSettings, StepCallback, sample_video, seeded_noise
+from .sampling import Conditioning, SamplingSettings, StepCallback, WindowPredictorFactory, sample_video, seeded_noise
 from .weights.loading import XNemoModels, load_models
 
 DECODE_CHUNK = 25  # frames per SVD-decoder call, as the official pipeline
@@ -101,6 +101,7 @@ class XPortrait2Pipeline:
         motion_tokens: Optional[torch.Tensor] = None,
         progress: Optional[ProgressFn] = None,
         on_step: Optional[StepCallback] = None,
+        window_predictor: Optional[WindowPredictorFactory] = None,
     ) -> torch.Tensor:
         """Animate: final latents (1, 4, F, h, w), scaled (divide by 0.18215 to decode).
 
@@ -108,7 +109,8 @@ class XPortrait2Pipeline:
         reference face crop (its motion is the negative of guidance); ``driving_faces``
         (F, 3, S, S) in [0, 1], or their ``motion_tokens`` (F, 32, 16) from :meth:`encode_motion`
         (e.g. computed chunk by chunk while streaming a long video). Noise and window offsets come
-        from ``seed`` unless given."""
+        from ``seed`` unless given. ``window_predictor`` runs the denoiser's windows elsewhere
+        (e.g. :class:`xportrait2_core.farm.RayWindowPool`) with the same result."""
         if (driving_faces is None) == (motion_tokens is None):
             raise ValueError("give either driving_faces or motion_tokens")
         latents, image_embeds, reference = self.encode_reference(source)
@@ -135,6 +137,7 @@ class XPortrait2Pipeline:
             self.models.schedule,
             progress,
             on_step,
+            window_predictor,
         )
 
     @torch.no_grad()

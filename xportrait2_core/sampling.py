@@ -9,8 +9,9 @@ encoder or the reference UNet.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 
@@ -82,6 +83,46 @@ def initial_latents(reference_latents: torch.Tensor, noise: torch.Tensor, alpha:
     return scheduler.add_noise(start, noise, alpha)
 
 
+WindowPredictions = Callable[[torch.Tensor, int, Sequence[Sequence[int]]], Iterable[torch.Tensor]]
+"""The one seam of the window loop: ``(latents (1, 4, F, h, w), timestep, windows)`` -> each
+window's noise prediction (branches, 4, len(window), h, w), in the order of ``windows``. Where the
+denoiser runs (here, on other processes, several windows per call) is up to it; the averaging,
+guidance and DDIM step stay in :func:`predict_noise` and :func:`sample_video`."""
+
+WindowPredictorFactory = Callable[[Conditioning, bool], WindowPredictions]
+"""Binds a run's conditioning and whether guidance is on (two branches) to a :data:`WindowPredictions`."""
+
+
+def guidance_rows(guided: bool) -> tuple[bool, ...]:
+    """Which batch rows are conditional: (uncond, cond) with guidance, one cond row without."""
+    return (False, True) if guided else (True,)
+
+
+def predict_windows(
+    unet: DenoisingUNet3D,
+    conditioning: Conditioning,
+    guided: bool,
+    latents: torch.Tensor,
+    timestep: int,
+    windows: Sequence[Sequence[int]],
+) -> Iterator[torch.Tensor]:
+    """The denoiser on each window in turn, both guidance branches in one call (the local
+    :data:`WindowPredictions`; the Ray workers of :mod:`xportrait2_core.farm` run it on their share)."""
+    rows = guidance_rows(guided)
+    image_context = conditioning.image_embeds.unsqueeze(1)
+    if guided:
+        image_context = torch.cat([torch.zeros_like(image_context), image_context])
+    reference = ReferenceRead(conditioning.reference, rows)
+    for window in windows:
+        index = torch.tensor(window, device=latents.device)
+        window_latents = latents[:, :, index].repeat(len(rows), 1, 1, 1, 1)
+        motion = conditioning.motion_tokens[index].unsqueeze(0)
+        if guided:
+            negative = conditioning.negative_motion_tokens.expand_as(motion[0]).unsqueeze(0)
+            motion = torch.cat([negative, motion])
+        yield unet(window_latents, timestep, image_context, motion, reference)
+
+
 def predict_noise(
     unet: DenoisingUNet3D,
     latents: torch.Tensor,
@@ -90,26 +131,20 @@ def predict_noise(
     windows: Sequence[Sequence[int]],
     guidance_scale: float,
     progress: Callable[[], None],
+    predictions: Optional[WindowPredictions] = None,
 ) -> torch.Tensor:
-    """Guided noise prediction (1, 4, F, h, w) for all frames, window by window."""
+    """Guided noise prediction (1, 4, F, h, w) for all frames: the windows' predictions (by default
+    ``unet`` here, window by window) summed in window order, so that any :data:`WindowPredictions`
+    gives the same sums, then averaged and guided."""
     guided = guidance_scale > 1.0
-    rows = (False, True) if guided else (True,)
-    branches = len(rows)
-    image_context = conditioning.image_embeds.unsqueeze(1)
-    if guided:
-        image_context = torch.cat([torch.zeros_like(image_context), image_context])
-    reference = ReferenceRead(conditioning.reference, rows)
+    if predictions is None:
+        predictions = functools.partial(predict_windows, unet, conditioning, guided)
+    branches = len(guidance_rows(guided))
     total = torch.zeros((branches, *latents.shape[1:]), device=latents.device, dtype=latents.dtype)
     count = torch.zeros((1, 1, latents.shape[2], 1, 1), device=latents.device, dtype=latents.dtype)
-    for window in windows:
+    for window, prediction in zip(windows, predictions(latents, timestep, windows), strict=True):
         index = torch.tensor(window, device=latents.device)
-        window_latents = latents[:, :, index].repeat(branches, 1, 1, 1, 1)
-        motion = conditioning.motion_tokens[index].unsqueeze(0)
-        if guided:
-            negative = conditioning.negative_motion_tokens.expand_as(motion[0]).unsqueeze(0)
-            motion = torch.cat([negative, motion])
-        prediction = unet(window_latents, timestep, image_context, motion, reference)
-        total[:, :, index] += prediction
+        total[:, :, index] += prediction.to(latents.device)
         count[:, :, index] += 1
         progress()
     mean = total / count
@@ -129,12 +164,14 @@ def sample_video(
     schedule: SchedulerConfig = SchedulerConfig(),
     progress: Optional[ProgressFn] = None,
     on_step: Optional[StepCallback] = None,
+    window_predictor: Optional[WindowPredictorFactory] = None,
 ) -> torch.Tensor:
     """Denoise all frames: scaled source latent (1, 4, h, w), noise (1, 4, F, h, w) and one window
     offset per step -> final latents (1, 4, F, h, w) (scaled, what the VAE decoder gets x 0.18215).
 
     ``progress("sampling", calls_done, total_calls)`` follows every denoiser call;
-    ``on_step(step_index, timestep, latents)`` every DDIM step (e.g. for previews)."""
+    ``on_step(step_index, timestep, latents)`` every DDIM step (e.g. for previews);
+    ``window_predictor`` runs the denoiser on the windows (default: ``unet`` here, in turn)."""
     num_frames = noise.shape[2]
     if conditioning.motion_tokens.shape[0] != num_frames:
         raise ValueError(f"{conditioning.motion_tokens.shape[0]} motion frames for {num_frames} latent frames")
@@ -153,9 +190,10 @@ def sample_video(
         calls_done += 1
         report(progress, "sampling", calls_done, total_calls)
 
+    predictions = window_predictor(conditioning, settings.guidance_scale > 1.0) if window_predictor else None
     latents = initial_latents(reference_latents, noise, alphas[timesteps[0]])
     for step_index, (timestep, windows) in enumerate(zip(timesteps, step_windows)):
-        eps = predict_noise(unet, latents, timestep, conditioning, windows, settings.guidance_scale, tick)
+        eps = predict_noise(unet, latents, timestep, conditioning, windows, settings.guidance_scale, tick, predictions)
         alpha_prev = scheduler.previous_alpha(alphas, timestep, settings.steps, schedule)
         latents = scheduler.ddim_step(latents, eps, alphas[timestep], alpha_prev)
         if on_step is not None:

@@ -22,7 +22,7 @@ Background = Literal["black", "white"]
 # these); Pillow cannot convert them to 8-bit RGB without clipping to 255, so they are scaled here.
 _WIDE_GREY_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
-_VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".flv", ".wmv", ".mpg", ".mpeg", ".ts"}
+VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".flv", ".wmv", ".mpg", ".mpeg", ".ts"}
 _SIXTEEN_BIT_MAX = 65535.0
 
 
@@ -43,7 +43,7 @@ def require_existing_file(path: PathLike, what: str) -> Path:
 
 
 def _looks_like_video(path: Path) -> bool:
-    if path.suffix.lower() in _VIDEO_SUFFIXES:
+    if path.suffix.lower() in VIDEO_SUFFIXES:
         return True
     with path.open("rb") as file:
         head = file.read(12)

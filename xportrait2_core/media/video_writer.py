@@ -4,6 +4,7 @@ video under the requested name."""
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from collections.abc import Callable
@@ -52,6 +53,22 @@ def _even_padded(frames: np.ndarray) -> np.ndarray:
     height, width = frames.shape[1:3]
     padding = ((0, 0), (0, height % 2), (0, width % 2), (0, 0))
     return np.pad(frames, padding, mode="edge") if height % 2 or width % 2 else frames
+
+
+def _partial_prefix(path: Path) -> str:
+    return f".{path.stem}."
+
+
+def _partial_suffix(path: Path) -> str:
+    return f".partial{path.suffix}"
+
+
+def remove_partial_files(path: PathLike) -> None:
+    """Delete the hidden partial files a writer of ``path`` left when its process was killed
+    outright (a crash, a lost Ray worker), where no clean-up could run."""
+    path = Path(path)
+    for partial in path.parent.glob(f"{glob.escape(_partial_prefix(path))}*{glob.escape(_partial_suffix(path))}"):
+        partial.unlink(missing_ok=True)
 
 
 class _AudioRemuxer:
@@ -153,9 +170,7 @@ class VideoWriter:
 
     def _make_temp_path(self) -> Path:
         try:
-            handle, name = tempfile.mkstemp(
-                dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=f".partial{self.path.suffix}"
-            )
+            handle, name = tempfile.mkstemp(dir=self.path.parent, prefix=_partial_prefix(self.path), suffix=_partial_suffix(self.path))
         except OSError as error:
             raise MediaError(f"cannot write into {self.path.parent}: {error}") from error
         os.close(handle)

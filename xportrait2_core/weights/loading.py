@@ -97,13 +97,7 @@ def load_models(
 
     ``layers`` supplies the operations namespace and attention function (ComfyUI passes its
     own); by default layers skip their random initialisation since every value is loaded."""
-    files = WeightFiles.discover(folder)
-    device = torch.device(device)
-    dtype = dtype or default_dtype(device)
-    layers = layers or LayerFactory(skip_init_operations)
-    layers = LayerFactory(layers.operations, layers.attention, dtype=dtype, device=device)
-    config = files.unet_config_object()
-
+    files, layers, config = _prepare(folder, device, dtype, layers)
     motion_encoder = MotionEncoder(layers).eval()
     reference_unet = ReferenceUNet(config, layers).eval()
     denoiser = DenoisingUNet3D(config, layers).eval()
@@ -117,6 +111,23 @@ def load_models(
     for report in reports:
         logger.info("loaded %s", report.summary())
     return XNemoModels(motion_encoder, reference_unet, denoiser, config, files.scheduler_config(), reports)
+
+
+def _prepare(folder: Path, device, dtype, layers: Optional[LayerFactory]) -> tuple[WeightFiles, LayerFactory, UNetConfig]:
+    files = WeightFiles.discover(folder)
+    device = torch.device(device)
+    dtype = dtype or default_dtype(device)
+    layers = layers or LayerFactory(skip_init_operations)
+    return files, LayerFactory(layers.operations, layers.attention, dtype=dtype, device=device), files.unet_config_object()
+
+
+def load_denoiser(folder: Path, device: torch.device | str = "cpu", dtype: Optional[torch.dtype] = None) -> DenoisingUNet3D:
+    """The denoising UNet of :func:`load_models` alone (what a sampling worker of
+    :mod:`xportrait2_core.farm` needs: not the motion encoder or the reference UNet)."""
+    files, layers, config = _prepare(folder, device, dtype, None)
+    denoiser = DenoisingUNet3D(config, layers).eval()
+    logger.info("loaded %s", _load_denoiser(denoiser, files).summary())
+    return denoiser.requires_grad_(False)
 
 
 def _load_denoiser(denoiser: DenoisingUNet3D, files: WeightFiles) -> LoadReport:

@@ -1,0 +1,300 @@
+"""Many clips and many workers (issue #15): ``xportrait2 batch`` locally and on Ray, and one take
+whose sampling windows are shared among Ray workers, on tiny weights and one loopback-only Ray
+cluster for the whole module (see :mod:`harness.ray_cluster`).
+
+Kept short for CI (two CPU cores): 3-frame clips at 64 x 64, 2 steps, windows of 2 frames (so
+that a clip has two windows to share), the batch and the command line run in this process where
+they can, and one ``animate`` render serves as the one-process reference of the ``--ray`` one."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from harness import REPO_ROOT
+from harness.media import media, write_driving_clip
+from harness.ray_cluster import (
+    LoopbackRayCluster,
+    listening_sockets,
+    loopback_ray_cluster,
+    network_namespace,
+    reachable_from_outside,
+)
+from tests.test_cli import leftovers
+from xportrait2_core.batch import ManifestError, jobs_from_folders, read_manifest
+from xportrait2_core.cli import main as cli
+from xportrait2_core.farm import RayWindowPool, contiguous_shares, ray_cluster
+from xportrait2_core.media.video_reader import iter_frames, probe_video
+from xportrait2_core.testing.tiny_take import tiny_take
+
+# One branch (no guidance) halves the denoiser's work; the sharding test samples with guidance.
+FAST = ["--steps", "2", "--size", "64", "--guidance", "1", "--context-frames", "2", "--context-overlap", "0", "--offline"]
+CLIP_FRAMES = 3
+LOOPBACK_ADDRESSES = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One 2-CPU Ray on 127.0.0.1 in a loopback-only network namespace for the module's Ray tests;
+    afterwards every process it started is checked to be gone."""
+    with loopback_ray_cluster(num_cpus=2) as cluster:
+        yield cluster
+        started = cluster.pids()
+    assert not [pid for pid in started if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return write_driving_clip(tmp_path_factory.mktemp("farm-media") / "clip.mp4", CLIP_FRAMES)
+
+
+def write_manifest(folder: Path, clip: Path, outputs: list[str], bad_row: int) -> Path:
+    """A CSV of jobs writing ``outputs``, job n with seed n; the ``bad_row``-th drives with a file
+    that is no video."""
+    corrupt = folder / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+    portraits = [media("photo_ref.png"), media("cartoon_ref.png")]
+    with (folder / "jobs.csv").open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["portrait", "driving", "output", "seed"])
+        for row, output in enumerate(outputs):
+            driving = corrupt.name if row == bad_row else str(clip)
+            writer.writerow([str(portraits[row % 2]), driving, output, row])
+    return folder / "jobs.csv"
+
+
+def read_report(manifest: Path) -> list[dict]:
+    return json.loads(manifest.with_suffix(".report.json").read_text())["jobs"]
+
+
+def run_in_process(arguments: list[str]) -> tuple[int, str, str]:
+    """``xportrait2 ARGUMENTS`` in this process (no interpreter to start): status, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli(arguments)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def local_batch(weights, clip, tmp_path_factory):
+    """A manifest of 2 jobs, the second with a corrupt video, run once in this process without Ray
+    (the 4-job batch runs on Ray): (manifest, its command line, exit status, stdout, stderr). Job a
+    (photo, seed 0, no paste-back) is also the one-process reference of ``animate --ray``."""
+    folder = tmp_path_factory.mktemp("local-batch")
+    manifest = write_manifest(folder, clip, ["a.mp4", "b.mp4"], bad_row=1)
+    arguments = ["batch", str(manifest), "--weights", str(weights), "--no-paste-back", *FAST]
+    return (manifest, arguments, *run_in_process(arguments))
+
+
+def test_manifests_and_folders_become_jobs(weights, tmp_path):
+    from xportrait2_core.cli import build_parser, request_from_args
+
+    base = request_from_args(build_parser().parse_args(["batch", "x", "--weights", str(weights)]), "", "", "")
+    (tmp_path / "jobs.jsonl").write_text(
+        '{"portrait": "a.png", "driving": "d.mp4", "output": "out/a.mp4", "steps": 3, "paste_back": "no"}\n\n'
+        '{"portrait": "b.png", "driving": "d.mp4", "output": "out/b.mp4", "guidance": 1.5, "max_frames": 9}\n'
+    )
+    first, second = read_manifest(tmp_path / "jobs.jsonl", base)
+    assert first.request.source == tmp_path / "a.png" and first.request.output == tmp_path / "out" / "a.mp4"
+    assert (first.request.settings.steps, first.request.paste_back, first.request.seed) == (3, False, 0)
+    assert (second.request.settings.guidance_scale, second.request.max_frames) == (1.5, 9)
+    assert second.request.settings.steps == base.settings.steps
+    for text, message in [
+        ("portrait,driving,output,face\na,b,c,1\n", "line 2: unknown column(s) face"),
+        ("portrait,driving,output,steps\na,b,c,many\n", "line 2: steps: invalid literal"),
+        ("portrait,driving,output\na,,c\n", "line 2: no driving"),
+        ("portrait,driving,output\na,b,c\nz,b,c\n", "line 3 writes"),
+        ("portrait,driving,output\n", "holds no jobs"),
+    ]:
+        (tmp_path / "bad.csv").write_text(text)
+        with pytest.raises(ManifestError, match=re.escape(message)):
+            read_manifest(tmp_path / "bad.csv", base)
+    portraits, videos = tmp_path / "portraits", tmp_path / "videos"
+    portraits.mkdir(), videos.mkdir()
+    for name in ("p1.png", "p2.jpg", "notes.txt"):
+        (portraits / name).touch()
+    for name in ("v1.mp4", "v2.mov"):
+        (videos / name).touch()
+    every = jobs_from_folders(portraits, videos, tmp_path, "all", base)
+    assert [j.request.output.name for j in every] == ["p1__v1.mp4", "p1__v2.mp4", "p2__v1.mp4", "p2__v2.mp4"]
+    in_order = jobs_from_folders(portraits, videos, tmp_path, "zip", base)
+    assert [j.label for j in in_order] == ["p1.png + v1.mp4", "p2.jpg + v2.mov"]
+
+
+def test_bad_batch_input_is_one_line(weights, tmp_path, capsys):
+    assert cli(["batch", str(tmp_path / "missing.csv"), "--weights", str(weights)]) == 1
+    assert cli(["batch", str(tmp_path), str(tmp_path), "--weights", str(weights)]) == 2
+    assert cli(["animate", "a.png", "b.mp4", "-o", str(tmp_path / "o.mp4"), "--workers", "2"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        f"xportrait2: manifest not found: {tmp_path / 'missing.csv'}",
+        "xportrait2: with PORTRAITS_DIR DRIVING_DIR, give the output folder: -o OUT_DIR",
+        "xportrait2: --workers shares a take's windows among Ray workers: give it with --ray",
+    ]
+
+
+def test_without_ray_installed_the_engine_works_and_ray_is_one_clear_line(weights, tmp_path):
+    hide_ray = tmp_path / "no_ray"
+    hide_ray.mkdir()
+    (hide_ray / "ray.py").write_text("raise ImportError('ray is hidden for this test')\n")
+    # In one process: nothing of ours imports Ray, then `animate --ray` says how to install it.
+    program = (
+        "import sys, xportrait2_core.cli, xportrait2_core.farm, xportrait2_core.batch, xportrait2_core.farm_cli\n"
+        "assert 'ray' not in sys.modules\n"
+        "sys.exit(xportrait2_core.cli.main(sys.argv[1:]))"
+    )
+    process = subprocess.run(
+        [sys.executable, "-c", program, "animate", str(media("photo_ref.png")), "clip.mp4",
+         "-o", str(tmp_path / "out.mp4"), "--weights", str(weights), "--ray"],
+        cwd=REPO_ROOT, env={"PYTHONPATH": f"{hide_ray}:{REPO_ROOT}", "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=300,
+    )
+    assert process.returncode == 2, process.stderr
+    assert process.stderr.strip().splitlines() == [
+        "xportrait2: Ray is not installed: pip install 'comfyui-xportrait2[farm]' (or pip install '.[farm]' in a checkout)"
+    ]
+
+
+def test_local_batch_reports_every_job_and_a_rerun_skips_the_finished(local_batch):
+    manifest, arguments, code, printed, bars = local_batch
+    folder = manifest.parent
+    assert code == 1, printed + bars  # one job failed
+    report = read_report(manifest)
+    assert [(job["output"], job["status"], job["frames"]) for job in report] == [
+        (str(folder / "a.mp4"), "done", CLIP_FRAMES),
+        (str(folder / "b.mp4"), "failed", None),
+    ]
+    assert "corrupt.mp4" in report[1]["error"] and "\n" not in report[1]["error"]
+    assert all(job["seconds"] > 0 for job in report) and report[0]["error"] is None
+    lines = printed.splitlines()
+    assert f"jobs.csv line 3: failed: {report[1]['error']}" in lines  # said when it happens
+    table = lines[lines.index(next(line for line in lines if line.startswith("job "))):]
+    assert table[0].split() == ["job", "status", "frames", "seconds", "output", "error"]
+    assert table[2].split()[:4] == ["jobs.csv", "line", "3", "failed"]
+    assert f"  {folder / 'b.mp4'}  {report[1]['error']}" in table[2]
+    assert "2 jobs: 1 done, 0 skipped, 1 failed" in printed
+    assert "sampling" in bars and "jobs" in bars  # the job bar and the current job's stage bars
+    assert leftovers(folder) == ["a.mp4", "corrupt.mp4", "jobs.csv", "jobs.report.json"]
+    finished = (folder / "a.mp4").stat().st_mtime_ns
+
+    code, printed, _ = run_in_process(arguments)
+    assert code == 1
+    assert [job["status"] for job in read_report(manifest)] == ["skipped", "failed"]
+    assert "2 jobs: 0 done, 1 skipped, 1 failed" in printed
+    assert (folder / "a.mp4").stat().st_mtime_ns == finished
+
+
+def test_windows_are_shared_out_in_order():
+    windows = [[n] for n in range(7)]
+    assert contiguous_shares(windows, 3) == [[[0], [1], [2]], [[3], [4]], [[5], [6]]]
+    assert contiguous_shares(windows[:1], 4) == [[[0]]]
+
+
+def partial_files(folder: Path) -> list[str]:
+    return [name for name in os.listdir(folder) if ".partial." in name]
+
+
+def kill_the_worker_mid_file(cluster: LoopbackRayCluster, folder: Path, batch: subprocess.Popen) -> tuple[int, list[str]]:
+    """SIGKILL the batch's Ray worker (by its pid) while it writes a video into ``folder`` (its
+    partial file exists); returns the pid and the partial files still there right after the kill."""
+    deadline = time.monotonic() + 600
+    worker, listed = None, 0.0
+    while batch.poll() is None and time.monotonic() < deadline:
+        if worker is None and time.monotonic() - listed > 0.2:
+            listed = time.monotonic()
+            for pid in cluster.pids():
+                with contextlib.suppress(psutil.Error):
+                    if "BatchWorker" in " ".join(psutil.Process(pid).cmdline()):
+                        worker = psutil.Process(pid)
+        if worker is not None and partial_files(folder):
+            worker.kill()
+            worker.wait(30)
+            return worker.pid, partial_files(folder)
+        time.sleep(0.005)
+    raise AssertionError(f"no worker was caught writing a video; the batch said:\n{batch.communicate(timeout=600)[0]}")
+
+
+def test_ray_batch_finishes_every_good_job_when_a_worker_is_killed_mid_job(weights, clip, cluster, tmp_path, capsys):
+    """4 jobs, the last with a corrupt video, on one worker (so that the one writing is known),
+    killed while it writes its first video: the job runs again on a new worker, the rest follow."""
+    outputs = [f"job{n}.mp4" for n in range(4)]
+    manifest = write_manifest(tmp_path, clip, outputs, bad_row=3)
+    arguments = ["batch", str(manifest), "--weights", str(weights), *FAST, f"--ray={cluster.address}", "--workers", "1"]
+    batch = subprocess.Popen([sys.executable, "-m", "xportrait2_core.cli", *arguments],
+                             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed, partial_after_kill = kill_the_worker_mid_file(cluster, tmp_path, batch)
+    printed, _ = batch.communicate(timeout=600)
+    assert partial_after_kill, "the worker was killed after its video was complete, not mid-file"
+    assert not psutil.pid_exists(killed) or psutil.Process(killed).status() == psutil.STATUS_ZOMBIE
+    assert batch.returncode == 1, printed  # the bad job
+    report = read_report(manifest)
+    assert [job["status"] for job in report] == ["done", "done", "done", "failed"], printed
+    for job in report[:3]:
+        assert job["frames"] == CLIP_FRAMES == probe_video(job["output"]).frame_count
+    assert "corrupt.mp4" in report[3]["error"]
+    assert leftovers(tmp_path) == sorted(["corrupt.mp4", "jobs.csv", "jobs.report.json", *outputs[:3]])
+    # Resumable on Ray too: the finished jobs are skipped, the bad one fails again (before any worker starts).
+    assert cli(arguments) == 1
+    assert [job["status"] for job in read_report(manifest)] == ["skipped", "skipped", "skipped", "failed"]
+    assert "4 jobs: 0 done, 3 skipped, 1 failed" in capsys.readouterr().out
+
+
+def test_animate_with_ray_writes_the_same_video_as_one_process(local_batch, weights, clip, cluster, tmp_path):
+    """`animate --ray --workers 2`, each step's two windows on two workers, against job a of the
+    local batch: the same portrait, clip, seed 0 and settings rendered in one process."""
+    manifest = local_batch[0]
+    output = tmp_path / "ray.mp4"
+    code, printed, bars = run_in_process([
+        "animate", str(media("photo_ref.png")), str(clip), "-o", str(output), "--weights", str(weights),
+        "--no-paste-back", *FAST, f"--ray={cluster.address}", "--workers", "2",
+    ])
+    assert code == 0, printed + bars
+    assert "sampling shared among 2 Ray workers" in printed
+    frames = 0
+    for one, shared in zip(iter_frames(manifest.parent / "a.mp4"), iter_frames(output), strict=True):
+        assert torch.equal(one, shared)
+        frames += 1
+    assert frames == CLIP_FRAMES
+
+
+def assert_reachable_from_this_computer_only(cluster: LoopbackRayCluster) -> None:
+    """Every process of the cluster, and this driver, is in the loopback-only network namespace,
+    every socket they listen on is on 127.0.0.1, and none answers from outside that namespace."""
+    pids = [*cluster.pids(), os.getpid()]
+    assert {network_namespace(pid) for pid in pids} == {cluster.network.namespace} != {cluster.network.outside}
+    assert [name for _, name in socket.if_nameindex()] == ["lo"]  # seen from the namespace
+    listening = listening_sockets(pids)
+    print("listening:", {f"{psutil.Process(pid).name()} ({pid})": s for pid, s in listening.items() if s})
+    addresses = {address for sockets in listening.values() for address, _ in sockets}
+    ports = sorted({port for sockets in listening.values() for _, port in sockets})
+    assert len(ports) >= 4  # the GCS, the raylet's two, and at least a worker's or the driver's
+    assert addresses <= LOOPBACK_ADDRESSES, listening
+    assert reachable_from_outside(cluster.network, ports) == []
+
+
+def test_sharded_take_gives_the_same_latents_as_one_process(weights, cluster):
+    """60 frames, 3 windows a step, the windows of each step shared between 2 workers; while the
+    workers are up, the whole cluster is checked to be reachable from this computer only."""
+    pipeline, inputs = tiny_take(weights, frames=60, size=64, steps=2)
+    single = pipeline.sample(**inputs)
+    with ray_cluster(cluster.address), RayWindowPool.start(weights, workers=2) as pool:
+        sharded = pipeline.sample(**inputs, window_predictor=pool)
+        shares = [timing.bytes_out for timing in pool.timings]
+        assert_reachable_from_this_computer_only(cluster)
+    difference = (sharded - single).abs().max().item()
+    print(f"sharded over 2 workers vs one process, 60 frames: max abs difference {difference:.3e}")
+    assert len(shares) == 2 and all(shares)  # both steps went through the pool
+    assert torch.equal(sharded, single), f"max abs difference {difference:.3e}"
