@@ -82,7 +82,20 @@ class ComfyUIServer:
         self.config.write_text("xportrait2_tests:\n" + "".join(f"  {k}: {v}\n" for k, v in entries.items()))
         self.process: Optional[subprocess.Popen] = None
 
-    def start(self, timeout: float = 180) -> "ComfyUIServer":
+    def start(self, timeout: float = 180, attempts: int = 3) -> "ComfyUIServer":
+        """Start and wait until it answers. Another test run on this machine may take the free port
+        between its choice and the server's bind; then a new port is chosen."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._start_once(timeout)
+            except RuntimeError:
+                if attempt == attempts or "address already in use" not in self.log_text().lower():
+                    raise
+                self.stop()
+                self.port = free_port()
+                self.url = f"http://127.0.0.1:{self.port}"
+
+    def _start_once(self, timeout: float) -> "ComfyUIServer":
         args = [
             self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
             "--disable-auto-launch", "--disable-api-nodes", "--extra-model-paths-config", str(self.config),
