@@ -123,7 +123,7 @@ A portrait with two people, each face driven by its own performer of one driving
 
 Face Crop (source) numbers the portrait's faces left to right (its faces preview shows the numbers); each branch takes one face_index. Face Track & Crop (driving) follows one performer (performer: index left to right at the first frame with faces, -1 the largest). The second Paste Back adds its face to the first one's frames (frames_so_far): chain one more branch per extra face. Give a branch its own Load Video to drive that face with another video.
 
-{INPUTS_TEXT}
+INPUTS (ComfyUI/input/): a portrait with two faces (two_faces.png) and a driving video with two performers (two_performers.mp4); pick your own files in the two loaders.
 
 {MODELS_TEXT}
 
