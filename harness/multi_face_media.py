@@ -17,6 +17,9 @@ from xportrait2_core.media.video_reader import iter_frames
 PORTRAITS = ("photo_ref.png", "cartoon_ref.png")
 # The two-performer take: driving_230f.mp4 (performer 0, left) and driving_60f.mp4 (performer 1).
 TAKES = ("driving_230f.mp4", "driving_60f.mp4")
+# The file names the "Portrait video - two faces" workflow loads.
+TWO_FACE_PORTRAIT = "two_faces.png"
+TWO_PERFORMER_TAKE = "two_performers.mp4"
 
 
 def two_face_portrait(target: Path, size: int = 256) -> Path:

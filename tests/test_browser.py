@@ -45,6 +45,7 @@ from harness.comfyui_pack import (
 )
 from harness.comfyui_server import PACK_NAME, free_port
 from harness.media import write_driving_clip
+from harness.multi_face_media import TWO_FACE_PORTRAIT, TWO_PERFORMER_TAKE, two_face_portrait, two_performer_take
 
 CHROMIUM = os.environ.get("XP2_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = (
@@ -104,9 +105,15 @@ def _media_named_as_the_workflows(input_dir: Path) -> None:
             if node["type"] not in ("LoadImage", "LoadVideo"):
                 continue
             target = input_dir / node["widgets_values"][0]
-            if node["type"] == "LoadImage" and not target.exists():
+            if target.exists():
+                continue
+            if target.name == TWO_FACE_PORTRAIT:
+                two_face_portrait(target)
+            elif target.name == TWO_PERFORMER_TAKE:
+                two_performer_take(target, DRIVING_FRAMES, tone=True)
+            elif node["type"] == "LoadImage":
                 shutil.copyfile(MEDIA / PHOTO, target)
-            elif node["type"] == "LoadVideo" and not target.exists():
+            else:
                 write_driving_clip(target, DRIVING_FRAMES, fps=Fraction(25))
 
 

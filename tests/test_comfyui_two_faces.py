@@ -21,7 +21,7 @@ from harness.comfyui_pack import (
     write_inputs,
 )
 from harness.media import media
-from harness.multi_face_media import two_face_portrait, two_performer_take
+from harness.multi_face_media import TWO_FACE_PORTRAIT, TWO_PERFORMER_TAKE, two_face_portrait, two_performer_take
 from xportrait2_core.media.face_blend import HEAD, blend_weights, face_regions
 from xportrait2_core.media.face_detector import FaceDetectorRunner, detect_faces
 from xportrait2_core.media.images import load_image
@@ -30,8 +30,8 @@ from xportrait2_core.media.video_reader import probe_video
 TWO_FACES = "Portrait video - two faces"
 LONG_TAKE = "Portrait video - long take"
 PHOTO_TO_VIDEO = "Portrait to animated video"
-PORTRAIT = "two_faces.png"
-TAKE = "two_performers.mp4"
+PORTRAIT = TWO_FACE_PORTRAIT
+TAKE = TWO_PERFORMER_TAKE
 TAKE_FRAMES = 8
 
 

@@ -123,7 +123,7 @@ A portrait with two people, each face driven by its own performer of one driving
 
 Face Crop (source) numbers the portrait's faces left to right (its faces preview shows the numbers); each branch takes one face_index. Face Track & Crop (driving) follows one performer (performer: index left to right at the first frame with faces, -1 the largest). The second Paste Back adds its face to the first one's frames (frames_so_far): chain one more branch per extra face. Give a branch its own Load Video to drive that face with another video.
 
-{INPUTS_TEXT}
+INPUTS (ComfyUI/input/): a portrait with two faces (two_faces.png) and a driving video with two performers (two_performers.mp4); pick your own files in the two loaders.
 
 {MODELS_TEXT}
 
@@ -260,7 +260,7 @@ CARD_LABELS = {
     "Portrait video - long take": "long takes, flat memory, sound kept",
     "Portrait video - two faces": "two faces, two performers, one MP4",
 }
-TWO_PEOPLE = {"Portrait video - two faces"}  # cards whose portrait shows two faces
+TWO_PEOPLE = {"Portrait video - two faces"}  # cards whose portrait and driving video show two faces
 
 
 def _graph_picture(shot: Path):
@@ -289,8 +289,14 @@ def thumbnails(shots: Path) -> None:
     pair = Image.new("RGB", (2 * photo.width, photo.height))
     pair.paste(photo, (0, 0))
     pair.paste(Image.open(media / "cartoon_ref.png").convert("RGB").resize(photo.size), (photo.width, 0))
-    with av.open(str(media / "driving_230f.mp4")) as container:
-        driving = next(f for i, f in enumerate(container.decode(video=0)) if i == 100).to_image()
+    def frame_of(name: str, index: int):
+        with av.open(str(media / name)) as container:
+            return next(f for i, f in enumerate(container.decode(video=0)) if i == index).to_image()
+
+    driving = frame_of("driving_230f.mp4", 100)
+    performers = Image.new("RGB", (2 * driving.width, driving.height))
+    performers.paste(driving, (0, 0))
+    performers.paste(frame_of("driving_60f.mp4", 30).resize(driving.size), (driving.width, 0))
     size, half = 512, 250
     font = ImageFont.load_default(size=22)
     for path in sorted(UI_FOLDER.glob("*.json")):
@@ -300,7 +306,8 @@ def thumbnails(shots: Path) -> None:
         card = Image.new("RGB", (size, size), (24, 24, 27))
         portrait = pair if path.stem in TWO_PEOPLE else photo
         card.paste(portrait.resize((half, half)), (4, 4))
-        card.paste(driving.resize((half, half)), (size - half - 4, 4))
+        take = performers if path.stem in TWO_PEOPLE else driving
+        card.paste(take.resize((half, half)), (size - half - 4, 4))
         graph = _graph_picture(shots / f"{path.stem} graph.png")
         graph.thumbnail((size - 8, size - half - 56))
         card.paste(graph, ((size - graph.width) // 2, half + 10))
