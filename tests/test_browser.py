@@ -212,7 +212,7 @@ def _open_template(page, name: str) -> dict:
     card.wait_for(state="visible", timeout=30000)
     card.scroll_into_view_if_needed()
     page.wait_for_function(
-        "(card) => [...card.querySelectorAll('img')].some(i => i.complete)",
+        "(card) => [...card.querySelectorAll('img')].some(i => i.complete && i.naturalWidth > 0)",
         arg=card.element_handle(), timeout=30000,
     )
     shown = card.evaluate(
