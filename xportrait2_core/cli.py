@@ -321,11 +321,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a record comes, not as it was when the handler was
+    made: a caller that swaps stderr between calls of :func:`main` (a notebook, a test's capture)
+    would otherwise get the later messages written to a closed stream."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     package_logger = logging.getLogger("xportrait2_core")
     if not package_logger.handlers:
-        package_logger.addHandler(logging.StreamHandler())
+        package_logger.addHandler(_StderrHandler())
         package_logger.setLevel(logging.INFO)
     try:
         return args.run(args)
