@@ -157,7 +157,7 @@ def test_without_ray_installed_the_engine_works_and_ray_is_one_clear_line(weight
         "sys.exit(xportrait2_core.cli.main(sys.argv[1:]))"
     )
     process = subprocess.run(
-        [sys.executable, "-c", program, "animate", str(media("photo_ref.png")), "clip.mp4",
+        [sys.executable, "-c", program, "animate", str(media("photo_ref.png")), str(media("driving_60f.mp4")),
          "-o", str(tmp_path / "out.mp4"), "--weights", str(weights), "--ray"],
         cwd=REPO_ROOT, env={"PYTHONPATH": f"{hide_ray}:{REPO_ROOT}", "PATH": "/usr/bin:/bin"},
         capture_output=True, text=True, timeout=300,
