@@ -45,6 +45,9 @@ class OursBench:
         self.first_timestep = int(
             scheduler.ddim_timesteps(self.config["steps"], self.models.schedule)[0]
         )
+        # a tensor, as the sampler passes it (compiled code would be specialised to an int)
+        self.first_timestep_tensor = torch.full((), self.first_timestep, dtype=torch.long, device=self.device)
+        self.window_predictor = None  # the sampler's default: windows one by one, here
         self.reference = None
         self.window_motion = None
         self.last_latents = None
@@ -111,7 +114,7 @@ class OursBench:
         self._sync()
         started = time.perf_counter()
         prediction = self.models.denoiser(
-            sample, self.first_timestep, contexts, self.window_motion, read
+            sample, self.first_timestep_tensor, contexts, self.window_motion, read
         )
         self._sync()
         seconds = time.perf_counter() - started
@@ -131,6 +134,7 @@ class OursBench:
             settings=self.settings(),
             offsets=inputs["offsets"].tolist(),
             noise=inputs["init_noise"],
+            window_predictor=self.window_predictor,
         )
         self._sync()
         seconds = time.perf_counter() - started

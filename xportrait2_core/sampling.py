@@ -98,6 +98,17 @@ def guidance_rows(guided: bool) -> tuple[bool, ...]:
     return (False, True) if guided else (True,)
 
 
+def window_index(windows: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
+    """The frame indices of ``windows`` (all of one length) as one (windows, frames) tensor on
+    ``device``, copied without waiting for the GPU: a plain ``torch.tensor(..., device=cuda)``
+    copies from pageable memory and blocks the host until the GPU has caught up, which stalls the
+    queue of kernels at every window."""
+    index = torch.tensor(windows, dtype=torch.long)
+    if device.type != "cuda":
+        return index.to(device)
+    return index.pin_memory().to(device, non_blocking=True)
+
+
 def predict_windows(
     unet: DenoisingUNet3D,
     conditioning: Conditioning,
@@ -105,22 +116,40 @@ def predict_windows(
     latents: torch.Tensor,
     timestep: int,
     windows: Sequence[Sequence[int]],
+    window_batch: int = 1,
 ) -> Iterator[torch.Tensor]:
-    """The denoiser on each window in turn, both guidance branches in one call (the local
-    :data:`WindowPredictions`; the Ray workers of :mod:`xportrait2_core.farm` run it on their share)."""
+    """The denoiser on the windows, both guidance branches of ``window_batch`` windows in one call
+    (the local :data:`WindowPredictions`; the Ray workers of :mod:`xportrait2_core.farm` run it on
+    their share). The batch is ordered [unconditional rows, conditional rows] so that the
+    reference attention sees two runs of rows whatever the number of windows."""
+    if window_batch < 1:
+        raise ValueError(f"window batch must be at least 1, got {window_batch}")
     rows = guidance_rows(guided)
-    image_context = conditioning.image_embeds.unsqueeze(1)
-    if guided:
-        image_context = torch.cat([torch.zeros_like(image_context), image_context])
-    reference = ReferenceRead(conditioning.reference, rows)
-    for window in windows:
-        index = torch.tensor(window, device=latents.device)
-        window_latents = latents[:, :, index].repeat(len(rows), 1, 1, 1, 1)
-        motion = conditioning.motion_tokens[index].unsqueeze(0)
+    index = window_index(windows, latents.device)
+    # A tensor, not an int: compiled code would otherwise be specialised (recompiled) per step.
+    timesteps = torch.full((), timestep, dtype=torch.long, device=latents.device)
+    image_embeds = conditioning.image_embeds.unsqueeze(1)
+    for start in range(0, len(windows), window_batch):
+        group = index[start : start + window_batch]
+        count = len(group)
+        window_latents = latents[0][:, group].transpose(0, 1).repeat(len(rows), 1, 1, 1, 1)
+        motion = conditioning.motion_tokens[group]
+        image_context = image_embeds.expand(count, -1, -1)
         if guided:
-            negative = conditioning.negative_motion_tokens.expand_as(motion[0]).unsqueeze(0)
-            motion = torch.cat([negative, motion])
-        yield unet(window_latents, timestep, image_context, motion, reference)
+            motion = torch.cat([conditioning.negative_motion_tokens.expand_as(motion), motion])
+            image_context = torch.cat([torch.zeros_like(image_context), image_context])
+        reference = ReferenceRead(conditioning.reference, tuple(row for row in rows for _ in range(count)))
+        prediction = unet(window_latents, timesteps, image_context, motion, reference)
+        by_window = prediction.unflatten(0, (len(rows), count))
+        for position in range(count):
+            yield by_window[:, position]
+
+
+def local_window_predictor(unet: DenoisingUNet3D, window_batch: int = 1) -> WindowPredictorFactory:
+    """:func:`predict_windows` on ``unet`` in this process, ``window_batch`` windows per call."""
+    return lambda conditioning, guided: functools.partial(
+        predict_windows, unet, conditioning, guided, window_batch=window_batch
+    )
 
 
 def predict_noise(
@@ -142,10 +171,10 @@ def predict_noise(
     branches = len(guidance_rows(guided))
     total = torch.zeros((branches, *latents.shape[1:]), device=latents.device, dtype=latents.dtype)
     count = torch.zeros((1, 1, latents.shape[2], 1, 1), device=latents.device, dtype=latents.dtype)
-    for window, prediction in zip(windows, predictions(latents, timestep, windows), strict=True):
-        index = torch.tensor(window, device=latents.device)
-        total[:, :, index] += prediction.to(latents.device)
-        count[:, :, index] += 1
+    index = window_index(windows, latents.device)
+    for frames, prediction in zip(index, predictions(latents, timestep, windows), strict=True):
+        total[:, :, frames] += prediction.to(latents.device)
+        count[:, :, frames] += 1
         progress()
     mean = total / count
     if not guided:
@@ -177,7 +206,8 @@ def sample_video(
         raise ValueError(f"{conditioning.motion_tokens.shape[0]} motion frames for {num_frames} latent frames")
     if len(offsets) != settings.steps:
         raise ValueError(f"{len(offsets)} window offsets for {settings.steps} steps")
-    alphas = scheduler.alphas_cumprod(schedule)
+    # On the latents' device once: a coefficient copied there at every step would wait for the GPU.
+    alphas = scheduler.alphas_cumprod(schedule).to(noise.device)
     timesteps = scheduler.ddim_timesteps(settings.steps, schedule).tolist()
     step_windows = [
         context_windows(num_frames, settings.context_frames, settings.context_overlap, offset) for offset in offsets

@@ -29,7 +29,7 @@ def ddim_timesteps(num_steps: int, config: SchedulerConfig = SchedulerConfig()) 
 def previous_alpha(alphas: torch.Tensor, timestep: int, num_steps: int, config: SchedulerConfig = SchedulerConfig()) -> torch.Tensor:
     """ā of the timestep the step lands on (1 after the last step)."""
     previous = timestep - config.num_train_timesteps // num_steps
-    return alphas[previous] if previous >= 0 else torch.tensor(1.0)
+    return alphas[previous] if previous >= 0 else alphas.new_ones(())
 
 
 def add_noise(clean: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:

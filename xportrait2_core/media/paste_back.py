@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -58,6 +59,15 @@ def paste_back(
 
 
 def write_animation(writer: VideoWriter, frame_chunks: Iterable[torch.Tensor]) -> None:
-    """Write chunks ``(N, 3, h, w)`` in [0, 1] as they come."""
-    for chunk in frame_chunks:
-        writer.write(chunk.permute(0, 2, 3, 1).cpu())
+    """Write chunks ``(N, 3, h, w)`` in [0, 1] as they come. Each chunk is encoded on a background
+    thread while the next one is made (decoded on the GPU, pasted back), so that the two overlap;
+    at most one chunk waits to be encoded, and an error on either side stops both."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="xportrait2-encode") as encoder:
+        encoding = None
+        for chunk in frame_chunks:
+            frames = chunk.permute(0, 2, 3, 1).cpu()
+            if encoding is not None:
+                encoding.result()
+            encoding = encoder.submit(writer.write, frames)
+        if encoding is not None:
+            encoding.result()

@@ -26,6 +26,10 @@ class FramePositions(nn.Module):
         frames = sequences.shape[-2]
         if frames > self.pe.shape[1]:
             raise ValueError(f"a window of {frames} frames exceeds the temporal modules' {self.pe.shape[1]} positions")
+        if torch.compiler.is_compiling():
+            # Inductor gives an out= result the strides of the strided input (a later view then
+            # fails); compiled code fuses the add and the copy by itself.
+            return (sequences + self.pe[:, :frames]).contiguous()
         return torch.add(sequences, self.pe[:, :frames], out=sequences.new_empty(sequences.shape))
 
 

@@ -50,7 +50,10 @@ class DenoisingUNet3D(UNetBody):
             )
         if reference is not None and len(reference.rows) != batch_size:
             raise ValueError(f"reference rows {reference.rows} do not match the batch of {batch_size}")
-        timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(batch_size)
+        if isinstance(timestep, torch.Tensor):
+            timesteps = timestep.to(sample.device).reshape(-1).expand(batch_size)
+        else:  # filled on the device: a host scalar copied there would wait for the GPU
+            timesteps = torch.full((batch_size,), timestep, dtype=torch.long, device=sample.device)
         batch = FrameBatch(
             frames=frames,
             time_embedding=repeat(self.embed_time(timesteps), "b d -> (b f) d", f=frames),
