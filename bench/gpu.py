@@ -22,6 +22,8 @@ and timed on the same inputs; final latents are compared. Timings are printed, n
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import statistics
 import sys
 import tempfile
@@ -35,6 +37,7 @@ sys.path.insert(0, str(BENCH_DIR.parent))
 sys.path.insert(0, str(BENCH_DIR))
 
 import fixture
+import gpu_levers
 import torch
 from ours import OursBench
 
@@ -43,6 +46,7 @@ from xportrait2_core.models.motion_encoder import MotionEncoder
 from xportrait2_core.models.operations import LayerFactory, skip_init_operations
 from xportrait2_core.models.reference_unet import ReferenceUNet
 from xportrait2_core.models.unet3d import DenoisingUNet3D
+from xportrait2_core.sampling import local_window_predictor
 from xportrait2_core.weights.loading import XNemoModels
 
 OFFICIAL_STEPS = 35
@@ -208,12 +212,14 @@ def run_side(side: Side, frame_counts, args, device) -> tuple[dict, list[dict]]:
     return components, runs
 
 
-def our_side(models: XNemoModels, work: Path) -> Side:
-    return Side(
-        "ours",
-        lambda inputs, config: OursBench(models, inputs, config, work),
-        motion_per_step=False,
-    )
+def our_side(models: XNemoModels, work: Path, window_batch: int = 1, name: str = "ours") -> Side:
+    def make(inputs, config):
+        bench = OursBench(models, inputs, config, work)
+        if window_batch > 1:
+            bench.window_predictor = local_window_predictor(models.denoiser, window_batch)
+        return bench
+
+    return Side(name, make, motion_per_step=False)
 
 
 def official_side(
@@ -334,6 +340,78 @@ def profile_call(models: XNemoModels, work: Path, device) -> None:
         )
 
 
+def svd_vae(device, dtype, work: Path):
+    """The SVD temporal VAE at full size with random weights, through our own loader class."""
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    from xportrait2_core.weights.standalone_models import TemporalVae
+
+    folder = work / "svd-vae"
+    AutoencoderKLTemporalDecoder(
+        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4, layers_per_block=2
+    ).save_pretrained(str(folder))
+    return TemporalVae(folder, device, dtype)
+
+
+@torch.no_grad()
+def decode_rows(models: XNemoModels, device, dtype, work: Path, frames: int) -> dict:
+    """VAE decode of ``frames`` frames in 25-frame clips and MP4 writing: one after the other, and
+    overlapped (``write_animation``: encoding on a background thread)."""
+    from xportrait2_core.media.video_writer import write_animation
+    from xportrait2_core.media.video_writer import VideoWriter
+    from xportrait2_core.pipeline import XPortrait2Pipeline
+
+    vae = svd_vae(device, dtype, work)
+    pipeline = XPortrait2Pipeline(models, None, None, vae.decode)
+    size = SIZE["latent_size"]
+    latents = torch.randn((1, 4, frames, size, size), generator=torch.Generator().manual_seed(2)).to(device, dtype)
+    list(pipeline.decode(latents[:, :, :25]))  # warm-up
+    gpu_levers.synchronize(device)
+    started = time.perf_counter()
+    for chunk in pipeline.decode(latents):
+        chunk.cpu()
+    gpu_levers.synchronize(device)
+    decode_only = time.perf_counter() - started
+    timings = {"decode_only_s": decode_only}
+    for name, overlapped in (("sequential_s", False), ("overlapped_s", True)):
+        path = work / f"decode-{name}.mp4"
+        started = time.perf_counter()
+        with VideoWriter(path, 25) as writer:
+            if overlapped:
+                write_animation(writer, pipeline.decode(latents))
+            else:
+                for chunk in pipeline.decode(latents):
+                    writer.write(chunk.permute(0, 2, 3, 1).cpu())
+        timings[name] = time.perf_counter() - started
+    timings["frames"] = frames
+    print(f"  decode + write: {timings}", flush=True)
+    return timings
+
+
+def compile_only(models: XNemoModels, work: Path, frame_counts: list[int], args, device, card: str, weights: float) -> None:
+    """``torch.compile`` rows (each mode alone) and, while compiled, the video runs."""
+
+    def videos(mode: str):
+        return run_side(our_side(models, work, name=f"ours, compiled ({mode})"), frame_counts, args, device)
+
+    result = gpu_levers.compile_section(models, work, video_config, args, videos)
+    print(f"\nGPU table ({card}); torch.compile of the denoiser, plain eager call {result['plain_call'] * 1e3:.1f} ms")
+    for row in result["compile_rows"]:
+        if "error" in row:
+            print(f"{row['lever']}: failed: {row['error']}")
+            continue
+        print(
+            f"{row['lever']}: compile {row['compile_s']:.1f} s, again with warm caches {row['warm_cache_compile_s']:.1f} s; "
+            f"call {row['seconds'] * 1e3:.1f} ms ({row['speedup']:.2f}x, {OUR_CALL_FLOPS / row['seconds'] / H100_DENSE:.0%} MFU); "
+            f"final latents vs eager: rel L2 {row['rel_l2']:.2e}, max |diff| {row['max_abs']:.2e}"
+        )
+        if "runs" in row:
+            print_side(row["lever"], *row["runs"], weights, OUR_CALL_FLOPS)
+    if args.json:
+        rows = [{k: v for k, v in r.items() if k != "runs"} | {"runs": [{k: v for k, v in x.items() if k != "latents"} for x in r.get("runs", (None, []))[1]]} for r in result["compile_rows"]]
+        args.json.write_text(json.dumps({"card": card, "plain_call": result["plain_call"], "compile_rows": rows}, indent=1, default=str))
+
+
 def difference(ours: torch.Tensor, official: torch.Tensor) -> str:
     delta = ours.double() - official.double()
     relative = (delta.norm() / official.double().norm()).item()
@@ -380,6 +458,15 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--channels", help="block_out_channels (default: full size)")
     parser.add_argument("--latent-size", type=int, default=64)
+    parser.add_argument("--levers", action="store_true", help="measure each lever of issue 16 alone, then run the videos with the ones worth keeping")
+    parser.add_argument("--equality-frames", type=int, default=48, help="length of the equality rows' sampling run")
+    parser.add_argument("--equality-steps", type=int, default=3)
+    parser.add_argument("--step-frames", type=int, default=120, help="video length of the window-batch rows (one step)")
+    parser.add_argument("--plain-frames", type=int, default=120, help="also run this length without levers (--long-steps, extrapolated)")
+    parser.add_argument("--compile-modes", default="default,reduce-overhead", help="torch.compile modes to measure (empty: none)")
+    parser.add_argument("--decode-frames", type=int, default=120, help="VAE decode + MP4 writing of this many frames (0: skip)")
+    parser.add_argument("--compile-only", action="store_true", help="only torch.compile: its rows and the videos with the compiled denoiser")
+    parser.add_argument("--json", type=Path, help="write the numbers here too")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -414,7 +501,22 @@ def main(argv=None) -> None:
         if args.profile_only:
             return
     frame_counts = [int(f) for f in args.frames.split(",")]
-    components, runs = run_side(our_side(models, work), frame_counts, args, device)
+    if args.compile_only:
+        compile_only(models, work, frame_counts, args, device, card, weights)
+        return
+    levers = None
+    if args.levers:
+        print("levers:", flush=True)
+        levers = gpu_levers.run_levers(models, work, video_config, args)
+    window_batch = levers["kept_window_batch"] if levers else 1
+    switch = levers["kept_switch"] if levers else contextlib.nullcontext
+    kept = ", ".join(levers["kept"]) if levers and levers["kept"] else "none"
+    with switch():
+        components, runs = run_side(our_side(models, work, window_batch), frame_counts, args, device)
+    plain_result = None
+    if levers and levers["kept"] and args.plain_frames:
+        plain_args = argparse.Namespace(**{**vars(args), "max_full_frames": 0})
+        plain_result = run_side(our_side(models, work, name="ours plain"), [args.plain_frames], plain_args, device)
 
     official_result = None
     if args.official_src is not None:
@@ -427,8 +529,24 @@ def main(argv=None) -> None:
                 official_weights,
                 *run_side(side, official_frames, args, device),
             )
+            del side
         except Exception:  # noqa: BLE001  (the official stack is optional here; report why it did not run)
             print("official side failed:\n" + traceback.format_exc(), flush=True)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    if levers and args.compile_modes:
+        print("torch.compile:", flush=True)
+        levers["compile_rows"] = gpu_levers.compile_rows(
+            levers["call_bench"], levers["equality_run"], levers["plain_call"], levers["plain_latents"],
+            args.compile_modes.split(","), args.repeats,
+        )
+    decoding = None
+    if args.decode_frames:
+        try:
+            decoding = decode_rows(models, device, dtype, work, args.decode_frames)
+        except Exception:  # noqa: BLE001  (needs diffusers and PyAV; report why it did not run)
+            print("decode section failed:\n" + traceback.format_exc(), flush=True)
 
     pixels = SIZE["latent_size"] * 8
     settings = (
@@ -436,7 +554,26 @@ def main(argv=None) -> None:
         f"* = run with {args.long_steps} steps, extrapolated to {args.steps}"
     )
     print(f"\nGPU table ({card}; {settings})")
-    print_side("ours (xportrait2_core)", components, runs, weights, OUR_CALL_FLOPS)
+    fixed_120 = components["reference"] + 121 * components["motion_frame"]
+    if levers:
+        gpu_levers.print_levers(levers, OUR_CALL_FLOPS, H100_DENSE, fixed_120)
+    print_side(f"ours (xportrait2_core; kept levers: {kept})", components, runs, weights, OUR_CALL_FLOPS)
+    if plain_result is not None:
+        print_side("ours, plain (no levers)", *plain_result, weights, OUR_CALL_FLOPS)
+    if decoding is not None:
+        by_frames = {r["frames"]: r for r in runs}
+        sampling = by_frames.get(decoding["frames"])
+        line = (
+            f"\nVAE decode (SVD temporal decoder, 25-frame clips) + MP4 writing of {decoding['frames']} frames: "
+            f"decode alone {decoding['decode_only_s']:.1f} s, decode then write {decoding['sequential_s']:.1f} s, "
+            f"overlapped {decoding['overlapped_s']:.1f} s ({decoding['sequential_s'] / decoding['overlapped_s']:.2f}x)"
+        )
+        if sampling is not None:
+            line += (
+                f"; end to end (sampling at {args.steps} steps + decode + write): "
+                f"{decoding['frames'] / (sampling['total_35'] + decoding['overlapped_s']):.2f} fps"
+            )
+        print(line)
     if official_result is not None:
         official_weights, official_components, official_runs = official_result
         print_side(
@@ -450,14 +587,24 @@ def main(argv=None) -> None:
         print("\nours vs official (same weights, inputs, offsets, noise; fp16):")
         for r in official_runs:
             mine = ours_by_frames.get(r["frames"])
-            if mine is not None and mine["steps"] == r["steps"]:
+            if mine is not None:
                 memory = (
                     f"{mine['peak_gib'] / r['peak_gib']:.2f}" if r["peak_gib"] else "-"
                 )
+                same = f"; final latents {difference(mine['latents'], r['latents'])}" if mine["steps"] == r["steps"] else ""
                 print(
                     f"  {r['frames']:>4} frames: time ours/official {mine['total_35'] / r['total_35']:.2f}; "
-                    f"peak VRAM ours/official {memory}; final latents {difference(mine['latents'], r['latents'])}"
+                    f"peak VRAM ours/official {memory}{same}"
                 )
+    if args.json:
+        dump = {
+            "card": card,
+            "levers": {k: v for k, v in (levers or {}).items() if k in ("sync_check", "resident_gib", "plain_call", "rows", "window_times", "fp16_vs_fp32", "kept", "attention", "compile_rows")},
+            "components": components,
+            "runs": [{k: v for k, v in r.items() if k != "latents"} for r in runs],
+            "decoding": decoding,
+        }
+        args.json.write_text(json.dumps(dump, indent=1, default=str))
     print(f"\nbench/gpu.py took {time.perf_counter() - started:.0f} s")
 
 

@@ -16,7 +16,7 @@ import copy
 import statistics
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, ContextManager, Optional
 
 import torch
@@ -51,6 +51,13 @@ def median_seconds(function: Callable[[], object], device: torch.device, repeats
         synchronize(device)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def call_seconds(bench, repeats: int) -> float:
+    """Median seconds of the bench's denoiser call alone (its own timing; the first call, which
+    also encodes the window's motion, is not counted)."""
+    bench.denoiser_call()
+    return statistics.median(bench.denoiser_call() for _ in range(repeats))
 
 
 def relative_l2(value: torch.Tensor, reference: torch.Tensor) -> float:
@@ -137,7 +144,6 @@ class LeverProblem:
 
     def sampling_loop(self, steps: int = 2) -> torch.Tensor:
         """The sampling loop alone (conditioning precomputed), for the host-sync check."""
-        frames = self.step_latents.shape[2]
         noise = self.step_latents.clone()
         return sample_video(
             self.bench.models.denoiser, self.conditioning, self.reference_latents, noise, [0] * steps,
@@ -155,7 +161,7 @@ def sync_check(problem: LeverProblem) -> str:
     try:
         problem.sampling_loop()
         verdict = "none: the loop never waits for the GPU"
-    except RuntimeError as error:
+    except Exception as error:  # noqa: BLE001  (the synchronising call's error names it)
         verdict = f"SYNC: {str(error).splitlines()[0][:160]}"
     finally:
         torch.cuda.set_sync_debug_mode("default")
@@ -199,8 +205,7 @@ def measure_levers(
     """Plain call seconds, plain latents, and a row per lever (alone): seconds, speed-up, equality.
     ``equality_run(window_predictor)`` is the short sampling run whose final latents are compared;
     window-batch levers take their per-window time from ``window_times`` (:func:`window_batch_rows`)."""
-    device = bench.device
-    plain_call = median_seconds(bench.denoiser_call, device, repeats)
+    plain_call = call_seconds(bench, repeats)
     plain_latents = equality_run(None)
     rows = []
     for lever in levers:
@@ -213,8 +218,7 @@ def measure_levers(
                     row["peak_gib"] = window_times[lever.window_batch]["peak_gib"]
                     latents = equality_run(local_window_predictor(bench.models.denoiser, lever.window_batch))
                 else:
-                    bench.denoiser_call()
-                    row["seconds"] = median_seconds(bench.denoiser_call, device, repeats)
+                    row["seconds"] = call_seconds(bench, repeats)
                     row["speedup"] = plain_call / row["seconds"]
                     latents = equality_run(None)
             row["rel_l2"] = relative_l2(latents, plain_latents)
@@ -314,35 +318,37 @@ def attention_table(latent_size: int, device: torch.device, dtype: torch.dtype, 
     return rows
 
 
-def compile_rows(bench, equality_run, plain_call: float, plain_latents: torch.Tensor, modes: list[str], repeats: int) -> list[dict]:
+def compile_rows(
+    bench, equality_run, plain_call: float, plain_latents: torch.Tensor, modes: list[str], repeats: int,
+    while_compiled: Optional[Callable[[str], object]] = None,
+) -> list[dict]:
     """``torch.compile`` of the denoiser: cold compile (first call), compile again after a dynamo
-    reset (Inductor's caches warm), steady call, equality."""
+    reset (Inductor's caches warm), steady call, equality; ``while_compiled(mode)`` runs before
+    the denoiser goes back to eager (its result is the row's ``runs``)."""
     unet = bench.models.denoiser
     device = bench.device
+    bench.denoiser_call()  # the window's motion is encoded once, outside the compile timings
     rows = []
     for mode in modes:
         row = {"lever": f"torch.compile ({mode})"}
         try:
-            torch._dynamo.reset()
-            unet.compile(mode=None if mode == "default" else mode, dynamic=False)
-            synchronize(device)
-            started = time.perf_counter()
-            bench.denoiser_call()
-            synchronize(device)
-            row["compile_s"] = time.perf_counter() - started
-            torch._dynamo.reset()
-            unet.compile(mode=None if mode == "default" else mode, dynamic=False)
-            started = time.perf_counter()
-            bench.denoiser_call()
-            synchronize(device)
-            row["warm_cache_compile_s"] = time.perf_counter() - started
-            for _ in range(2):
+            for key in ("compile_s", "warm_cache_compile_s"):
+                torch._dynamo.reset()
+                unet.compile(mode=None if mode == "default" else mode, dynamic=False)
+                synchronize(device)
+                started = time.perf_counter()
                 bench.denoiser_call()
-            row["seconds"] = median_seconds(bench.denoiser_call, device, repeats)
+                synchronize(device)
+                row[key] = time.perf_counter() - started
+                print(f"  {mode}: {key} {row[key]:.1f}", flush=True)
+            row["seconds"] = call_seconds(bench, repeats)
             row["speedup"] = plain_call / row["seconds"]
             latents = equality_run(None)
             row["rel_l2"] = relative_l2(latents, plain_latents)
             row["max_abs"] = max_abs(latents, plain_latents)
+            print(f"  {row}", flush=True)
+            if while_compiled is not None:
+                row["runs"] = while_compiled(mode)
         except Exception as error:  # noqa: BLE001
             row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:140]}"
             traceback.print_exc()
@@ -350,8 +356,37 @@ def compile_rows(bench, equality_run, plain_call: float, plain_latents: torch.Te
             torch._dynamo.reset()
             unet._compiled_call_impl = None  # back to eager for what follows
         rows.append(row)
-        print(f"  {row}", flush=True)
     return rows
+
+
+def lever_benches(models: XNemoModels, work, config_for: Callable, args):
+    """The 24-frame call bench, and the short sampling run of the equality rows."""
+    import fixture
+    from dataclasses import asdict
+    from ours import OursBench
+
+    def bench_for(frames: int, steps: int, networks: XNemoModels = models):
+        config = config_for(frames, steps)
+        return OursBench(networks, fixture.make_inputs(config), asdict(config), work)
+
+    call_bench = bench_for(24, 2)
+    equality_bench = bench_for(args.equality_frames, args.equality_steps)
+
+    def equality_run(window_predictor) -> torch.Tensor:
+        equality_bench.window_predictor = window_predictor
+        equality_bench.sampling_run()
+        return equality_bench.last_latents.float().cpu()
+
+    call_bench.sampling_run()  # warm-up
+    return call_bench, equality_run, bench_for
+
+
+def compile_section(models: XNemoModels, work, config_for: Callable, args, while_compiled) -> dict:
+    call_bench, equality_run, _ = lever_benches(models, work, config_for, args)
+    plain_call = call_seconds(call_bench, args.repeats)
+    plain_latents = equality_run(None)
+    rows = compile_rows(call_bench, equality_run, plain_call, plain_latents, args.compile_modes.split(","), args.repeats, while_compiled)
+    return {"plain_call": plain_call, "compile_rows": rows}
 
 
 def fp32_copy(models: XNemoModels) -> XNemoModels:
@@ -364,3 +399,125 @@ def fp32_copy(models: XNemoModels) -> XNemoModels:
         models.schedule,
         [],
     )
+
+
+def resident_gib(models: XNemoModels, conditioning: Conditioning) -> dict[str, float]:
+    """What stays in device memory during sampling: each network's weights and the reference
+    keys/values (with their dtype)."""
+    weights = lambda network: sum(p.numel() * p.element_size() for p in network.parameters()) / 2**30
+    keys_values = [t for pair in conditioning.reference.by_block.values() for t in pair]
+    return {
+        "denoiser": weights(models.denoiser),
+        "reference UNet": weights(models.reference_unet),
+        "motion encoder": weights(models.motion_encoder),
+        f"reference keys/values ({keys_values[0].dtype})": sum(t.numel() * t.element_size() for t in keys_values) / 2**30,
+    }
+
+
+def combined(levers: list[Lever]) -> Callable[[], ContextManager]:
+    """One switch for several levers."""
+
+    @contextlib.contextmanager
+    def switch():
+        with contextlib.ExitStack() as stack:
+            for lever in levers:
+                stack.enter_context(lever.switch())
+            yield
+
+    return switch
+
+
+def run_levers(models: XNemoModels, work, config_for: Callable, args) -> dict:
+    """Everything above on ``models``: returns the rows and the levers worth keeping (faster by
+    3 % or more, and final latents within what fp16 rounding moves)."""
+    call_bench, equality_run, bench_for = lever_benches(models, work, config_for, args)
+    device = call_bench.device
+    problem = LeverProblem(call_bench, step_frames=args.step_frames)
+    result = {"sync_check": sync_check(problem), "resident_gib": resident_gib(models, problem.conditioning)}
+    print(f"  resident during sampling: {result['resident_gib']}", flush=True)
+    print(f"  host syncs in the sampling loop: {result['sync_check']}", flush=True)
+    batches = sorted({1, 2, 3, len(problem.windows)})
+    window_times = window_batch_rows(problem, batches, args.repeats)
+    del problem
+    levers = [Lever(f"window batch {k}", window_batch=k) for k in batches[1:]] + [
+        Lever("SDPA: cuDNN first", lambda: backend_first(SDPBackend.CUDNN_ATTENTION)),
+        Lever("SDPA: flash first", lambda: backend_first(SDPBackend.FLASH_ATTENTION)),
+        Lever("SDPA: memory-efficient first", lambda: backend_first(SDPBackend.EFFICIENT_ATTENTION)),
+        Lever("head dim padded to 64", lambda: attention_function(models.denoiser, padded_attention)),
+        Lever("channels_last convolutions", lambda: channels_last(models.denoiser)),
+    ]
+    plain_call, plain_latents, rows = measure_levers(call_bench, levers, args.repeats, window_times, equality_run)
+    result.update(plain_call=plain_call, rows=rows, window_times=window_times)
+    if device.type == "cuda":
+        try:
+            replay, eager, equal = cuda_graph_call(call_bench)
+            rows.append({"lever": "CUDA graph of the eager call", "seconds": replay, "speedup": eager / replay, "equality": equal})
+        except Exception as error:  # noqa: BLE001
+            rows.append({"lever": "CUDA graph of the eager call", "error": f"{type(error).__name__}: {str(error)[:140]}"})
+            traceback.print_exc()
+        print(f"  lever {rows[-1]}", flush=True)
+    # fp16 against fp32: what rounding alone moves (TF32 off, so fp32 is fp32)
+    allow = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        full = fp32_copy(models)
+        bench32 = bench_for(args.equality_frames, args.equality_steps, full)
+        bench32.sampling_run()
+        latents32 = bench32.last_latents.float().cpu()
+        result["fp16_vs_fp32"] = {"rel_l2": relative_l2(plain_latents, latents32), "max_abs": max_abs(plain_latents, latents32)}
+        del full, bench32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = allow
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    print(f"  fp16 vs fp32: {result['fp16_vs_fp32']}", flush=True)
+    rounding = result["fp16_vs_fp32"]["rel_l2"]
+    kept = [
+        lever for lever, row in zip(levers, rows)
+        if row.get("speedup", 0) >= 1.03 and row.get("rel_l2", 1.0) <= rounding
+    ]
+    best_batch = max((l for l in kept if l.window_batch > 1), key=lambda l: rows[levers.index(l)]["speedup"], default=None)
+    best_sdpa = max((l for l in kept if l.name.startswith("SDPA")), key=lambda l: rows[levers.index(l)]["speedup"], default=None)
+    others = [l for l in kept if l.window_batch == 1 and not l.name.startswith("SDPA")]
+    result["kept"] = [l.name for l in [best_batch, best_sdpa, *others] if l is not None]
+    result["kept_window_batch"] = best_batch.window_batch if best_batch else 1
+    result["kept_switch"] = combined([l for l in [best_sdpa, *others] if l is not None])
+    try:
+        result["attention"] = attention_table(call_bench.config["latent_size"], device, call_bench.dtype, args.repeats)
+    except Exception:  # noqa: BLE001  (reported; the rest of the run goes on)
+        traceback.print_exc()
+        result["attention"] = []
+    result["call_bench"], result["equality_run"], result["plain_latents"] = call_bench, equality_run, plain_latents
+    return result
+
+
+def print_levers(result: dict, call_flops: float, peak_flops: float, fixed_seconds: float, frames: int = 120, steps: int = 35) -> None:
+    """The per-lever table: call (or per-window) time, speed-up, MFU, estimated fps at ``frames``
+    frames and ``steps`` steps, and the equality columns."""
+    windows = -(-frames // 20)
+    rounding = result["fp16_vs_fp32"]
+    print(f"\nlevers, each alone (host syncs in the sampling loop: {result['sync_check']})")
+    print("resident during sampling, GiB: " + ", ".join(f"{k} {v:.2f}" for k, v in result["resident_gib"].items()))
+    print("window batch, whole step: " + ", ".join(f"{k}: {v['per_window'] * 1e3:.0f} ms/window, peak {v['peak_gib']:.2f} GiB" for k, v in result["window_times"].items()))
+    print(f"fp16 rounding (plain fp16 vs fp32 final latents): rel L2 {rounding['rel_l2']:.2e}, max |diff| {rounding['max_abs']:.2e}")
+    print(f"{'lever':<34} {'ms/call':>8} {'speed-up':>8} {'MFU':>5} {'fps@120 est.':>12} {'rel L2 vs plain':>16} {'max |diff|':>10}  kept")
+    plain = result["plain_call"]
+    rows = [{"lever": "plain fp16 (eager, one window per call)", "seconds": plain, "speedup": 1.0, "rel_l2": 0.0, "max_abs": 0.0}]
+    for row in rows + result["rows"] + result.get("compile_rows", []):
+        if "error" in row:
+            print(f"{row['lever']:<34} failed: {row['error']}")
+            continue
+        seconds = row["seconds"]
+        fps = frames / (fixed_seconds + windows * steps * seconds)
+        equality = f"{row['rel_l2']:>16.2e} {row['max_abs']:>10.2e}" if "rel_l2" in row else f"{row.get('equality', ''):>27}"
+        extra = f" (compile {row['compile_s']:.0f} s, warm cache {row['warm_cache_compile_s']:.0f} s)" if "compile_s" in row else ""
+        kept = "yes" if row["lever"] in result["kept"] else ""
+        print(
+            f"{row['lever'][:34]:<34} {seconds * 1e3:>8.1f} {row['speedup']:>8.2f} {call_flops / seconds / peak_flops:>5.0%} "
+            f"{fps:>12.2f} {equality}  {kept}{extra}"
+        )
+    print("(window-batch rows: time per window of a whole step; fps estimated from the call time)")
+    print("\nattention kinds under each SDPA backend (ms; err = rel L2 vs the default)")
+    for row in result["attention"]:
+        cells = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k not in ("kind", "shape"))
+        print(f"  {row['kind']} [{row['shape']}]: {cells}")

@@ -9,9 +9,8 @@ from comfy_api.v0_0_2 import io
 
 from ..xportrait2_core.media.crops import frames_to_images
 from ..xportrait2_core.media.face_blend import FacePaste, paste_onto
-from ..xportrait2_core.media.paste_back import write_animation
 from ..xportrait2_core.media.video_reader import iter_frames
-from ..xportrait2_core.media.video_writer import VideoWriter
+from ..xportrait2_core.media.video_writer import VideoWriter, write_animation
 from ..xportrait2_core.pipeline import DECODE_CHUNK
 from . import comfy_adapter
 from .types import CATEGORY, DrivingVideo, SourceFace, XP2DrivingVideo, XP2Source, blend_input, engine_to_images

@@ -22,10 +22,9 @@ from .media.face_blend import HEAD, FacePaste, composite_faces, face_regions
 from .media.face_detector import FaceDetectorRunner, find_yunet_weights
 from .media.face_track import LARGEST_PERFORMER, DrivingCropPlan, Performer, plan_driving_crops
 from .media.images import MediaError, load_image
-from .media.paste_back import write_animation
 from .media.portrait_faces import LARGEST, PortraitFaces, describe_faces, parse_face_selection, prepare_portrait_faces
 from .media.source_crops import REFERENCE_IMAGE_SIZE, SourcePortrait
-from .media.video_writer import VideoWriter
+from .media.video_writer import VideoWriter, write_animation
 from .pipeline import XPortrait2Pipeline
 from .progress import ProgressFn, progress_of_face
 from .sampling import SamplingSettings, WindowPredictorFactory

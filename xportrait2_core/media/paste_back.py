@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
-
 import torch
 
 from .crops import CropBox, resize_like_pillow
 from .images import MediaError
-from .video_writer import VideoWriter
 
 
 def feather_mask(height: int, width: int, feather: float) -> torch.Tensor:
@@ -56,18 +52,3 @@ def paste_back(
     background = output[..., top:bottom, left:right]
     output[..., top:bottom, left:right] = torch.lerp(background, placed[..., rows, columns], mask[..., rows, columns])
     return output[0] if single else output
-
-
-def write_animation(writer: VideoWriter, frame_chunks: Iterable[torch.Tensor]) -> None:
-    """Write chunks ``(N, 3, h, w)`` in [0, 1] as they come. Each chunk is encoded on a background
-    thread while the next one is made (decoded on the GPU, pasted back), so that the two overlap;
-    at most one chunk waits to be encoded, and an error on either side stops both."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="xportrait2-encode") as encoder:
-        encoding = None
-        for chunk in frame_chunks:
-            frames = chunk.permute(0, 2, 3, 1).cpu()
-            if encoding is not None:
-                encoding.result()
-            encoding = encoder.submit(writer.write, frames)
-        if encoding is not None:
-            encoding.result()

@@ -7,7 +7,8 @@ from __future__ import annotations
 import glob
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
@@ -257,3 +258,18 @@ class VideoWriter:
                 except (av.FFmpegError, OSError):
                     pass  # the file is being thrown away; a failed trailer write does not matter
         self._temp_path.unlink(missing_ok=True)
+
+
+def write_animation(writer: VideoWriter, frame_chunks: Iterable[torch.Tensor]) -> None:
+    """Write chunks ``(N, 3, h, w)`` in [0, 1] as they come. Each chunk is encoded on a background
+    thread while the next one is made (decoded on the GPU, pasted back), so that the two overlap;
+    at most one chunk waits to be encoded, and an error on either side stops both."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="xportrait2-encode") as encoder:
+        encoding = None
+        for chunk in frame_chunks:
+            frames = chunk.permute(0, 2, 3, 1).cpu()
+            if encoding is not None:
+                encoding.result()
+            encoding = encoder.submit(writer.write, frames)
+        if encoding is not None:
+            encoding.result()
