@@ -46,7 +46,6 @@ from xportrait2_core.models.motion_encoder import MotionEncoder
 from xportrait2_core.models.operations import LayerFactory, skip_init_operations
 from xportrait2_core.models.reference_unet import ReferenceUNet
 from xportrait2_core.models.unet3d import DenoisingUNet3D
-from xportrait2_core.sampling import local_window_predictor
 from xportrait2_core.weights.loading import XNemoModels
 
 OFFICIAL_STEPS = 35
@@ -212,14 +211,8 @@ def run_side(side: Side, frame_counts, args, device) -> tuple[dict, list[dict]]:
     return components, runs
 
 
-def our_side(models: XNemoModels, work: Path, window_batch: int = 1, name: str = "ours") -> Side:
-    def make(inputs, config):
-        bench = OursBench(models, inputs, config, work)
-        if window_batch > 1:
-            bench.window_predictor = local_window_predictor(models.denoiser, window_batch)
-        return bench
-
-    return Side(name, make, motion_per_step=False)
+def our_side(models: XNemoModels, work: Path, name: str = "ours") -> Side:
+    return Side(name, lambda inputs, config: OursBench(models, inputs, config, work), motion_per_step=False)
 
 
 def official_side(
@@ -396,6 +389,7 @@ def compile_only(models: XNemoModels, work: Path, frame_counts: list[int], args,
 
     result = gpu_levers.compile_section(models, work, video_config, args, videos)
     print(f"\nGPU table ({card}); torch.compile of the denoiser, plain eager call {result['plain_call'] * 1e3:.1f} ms")
+    print(f"host syncs in the sampling loop: {result['sync_check']}")
     for row in result["compile_rows"]:
         if "error" in row:
             print(f"{row['lever']}: failed: {row['error']}")
@@ -409,7 +403,7 @@ def compile_only(models: XNemoModels, work: Path, frame_counts: list[int], args,
             print_side(row["lever"], *row["runs"], weights, OUR_CALL_FLOPS)
     if args.json:
         rows = [{k: v for k, v in r.items() if k != "runs"} | {"runs": [{k: v for k, v in x.items() if k != "latents"} for x in r.get("runs", (None, []))[1]]} for r in result["compile_rows"]]
-        args.json.write_text(json.dumps({"card": card, "plain_call": result["plain_call"], "compile_rows": rows}, indent=1, default=str))
+        args.json.write_text(json.dumps({"card": card, "plain_call": result["plain_call"], "sync_check": result["sync_check"], "compile_rows": rows}, indent=1, default=str))
 
 
 def difference(ours: torch.Tensor, official: torch.Tensor) -> str:
@@ -466,6 +460,7 @@ def main(argv=None) -> None:
     parser.add_argument("--compile-modes", default="default,reduce-overhead", help="torch.compile modes to measure (empty: none)")
     parser.add_argument("--decode-frames", type=int, default=120, help="VAE decode + MP4 writing of this many frames (0: skip)")
     parser.add_argument("--compile-only", action="store_true", help="only torch.compile: its rows and the videos with the compiled denoiser")
+    parser.add_argument("--sync-only", action="store_true", help="only the host-sync check of the sampling loop")
     parser.add_argument("--json", type=Path, help="write the numbers here too")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -504,15 +499,18 @@ def main(argv=None) -> None:
     if args.compile_only:
         compile_only(models, work, frame_counts, args, device, card, weights)
         return
+    if args.sync_only:
+        call_bench, _, _ = gpu_levers.lever_benches(models, work, video_config, args)
+        print(f"host syncs in the sampling loop: {gpu_levers.sync_check(gpu_levers.LeverProblem(call_bench, args.step_frames))}")
+        return
     levers = None
     if args.levers:
         print("levers:", flush=True)
         levers = gpu_levers.run_levers(models, work, video_config, args)
-    window_batch = levers["kept_window_batch"] if levers else 1
     switch = levers["kept_switch"] if levers else contextlib.nullcontext
     kept = ", ".join(levers["kept"]) if levers and levers["kept"] else "none"
     with switch():
-        components, runs = run_side(our_side(models, work, window_batch), frame_counts, args, device)
+        components, runs = run_side(our_side(models, work), frame_counts, args, device)
     plain_result = None
     if levers and levers["kept"] and args.plain_frames:
         plain_args = argparse.Namespace(**{**vars(args), "max_full_frames": 0})
@@ -599,7 +597,7 @@ def main(argv=None) -> None:
     if args.json:
         dump = {
             "card": card,
-            "levers": {k: v for k, v in (levers or {}).items() if k in ("sync_check", "resident_gib", "plain_call", "rows", "window_times", "fp16_vs_fp32", "kept", "attention", "compile_rows")},
+            "levers": {k: v for k, v in (levers or {}).items() if k in ("sync_check", "resident_gib", "plain_call", "rows", "fp16_vs_fp32", "kept", "attention", "compile_rows")},
             "components": components,
             "runs": [{k: v for k, v in r.items() if k != "latents"} for r in runs],
             "decoding": decoding,

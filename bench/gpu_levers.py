@@ -1,7 +1,7 @@
 """Issue 16's levers, each switched on alone against the plain fp16 path, on one GPU.
 
-For every lever: one denoiser call (24 frames, both guidance branches; for window batching the
-time per window of a whole step), its speed-up over the plain call, and the **equality row**:
+For every lever: one denoiser call (24 frames, both guidance branches), its speed-up over the
+plain call, and the **equality row**:
 the final latents of a short sampling run with the lever on against the same run without it,
 next to the plain fp16 run against fp32 (what fp16 rounding alone moves). Also: whether the
 sampling loop synchronises with the host at all (CUDA's sync debug mode), which SDPA kernel
@@ -16,7 +16,9 @@ import copy
 import statistics
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, ContextManager, Optional
 
 import torch
@@ -24,9 +26,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from xportrait2_core.context_windows import context_windows
 from xportrait2_core.models.attention import Attention
-from xportrait2_core.sampling import Conditioning, SamplingSettings, local_window_predictor, predict_windows, sample_video
+from xportrait2_core.sampling import Conditioning, SamplingSettings, sample_video
 from xportrait2_core.weights.loading import XNemoModels
 
 BACKENDS = {
@@ -112,11 +113,10 @@ def channels_last(network: torch.nn.Module) -> ContextManager:
 class Lever:
     name: str
     switch: Callable[[], ContextManager] = contextlib.nullcontext
-    window_batch: int = 1
 
 
 class LeverProblem:
-    """One bench (``ours.OursBench``) and its conditioning for whole steps of windows."""
+    """One bench (``ours.OursBench``) and its conditioning for a sampling loop of ``step_frames``."""
 
     def __init__(self, bench, step_frames: int):
         self.bench = bench
@@ -133,14 +133,7 @@ class LeverProblem:
         self.conditioning = Conditioning(motion.to(bench.dtype), negative, image_embeds, reference)
         size = bench.config["latent_size"]
         self.step_latents = torch.randn((1, 4, step_frames, size, size), generator=generator).to(self.device, bench.dtype)
-        self.windows = context_windows(step_frames, 24, 4, 0)
         self.reference_latents = latents
-
-    def window_step(self, window_batch: int) -> None:
-        """All windows of one step (both branches), ``window_batch`` windows per call."""
-        unet = self.bench.models.denoiser
-        for _ in predict_windows(unet, self.conditioning, True, self.step_latents, self.bench.first_timestep, self.windows, window_batch):
-            pass
 
     def sampling_loop(self, steps: int = 2) -> torch.Tensor:
         """The sampling loop alone (conditioning precomputed), for the host-sync check."""
@@ -152,21 +145,33 @@ class LeverProblem:
 
 
 def sync_check(problem: LeverProblem) -> str:
-    """Run the sampling loop with CUDA's sync debug mode set to error."""
+    """Run the sampling loop with CUDA's sync debug mode on "warn" and say where our code made
+    the host wait for the GPU (file:line, times), or that it never did."""
     if problem.device.type != "cuda":
         return "n/a (CPU)"
     problem.sampling_loop()
     synchronize(problem.device)
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        problem.sampling_loop()
-        verdict = "none: the loop never waits for the GPU"
-    except Exception as error:  # noqa: BLE001  (the synchronising call's error names it)
-        verdict = f"SYNC: {str(error).splitlines()[0][:160]}"
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    places: dict[str, int] = {}
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "called a synchronizing" not in str(message):
+            return
+        ours = [f for f in traceback.extract_stack() if "xportrait2_core" in f.filename]
+        place = f"{Path(ours[-1].filename).name}:{ours[-1].lineno} {ours[-1].line}" if ours else f"{filename}:{lineno}"
+        places[place] = places.get(place, 0) + 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            problem.sampling_loop()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
     synchronize(problem.device)
-    return verdict
+    if not places:
+        return "none: the loop never waits for the GPU"
+    return "SYNC at " + "; ".join(f"{place} ({count}x)" for place, count in places.items())
 
 
 def cuda_graph_call(bench) -> tuple[float, float, str]:
@@ -199,28 +204,20 @@ def cuda_graph_call(bench) -> tuple[float, float, str]:
 
 
 def measure_levers(
-    bench, levers: list[Lever], repeats: int, window_times: dict[int, dict],
-    equality_run: Callable[[Optional[Callable]], torch.Tensor],
+    bench, levers: list[Lever], repeats: int, equality_run: Callable[[], torch.Tensor]
 ) -> tuple[float, torch.Tensor, list[dict]]:
     """Plain call seconds, plain latents, and a row per lever (alone): seconds, speed-up, equality.
-    ``equality_run(window_predictor)`` is the short sampling run whose final latents are compared;
-    window-batch levers take their per-window time from ``window_times`` (:func:`window_batch_rows`)."""
+    ``equality_run()`` is the short sampling run whose final latents are compared."""
     plain_call = call_seconds(bench, repeats)
-    plain_latents = equality_run(None)
+    plain_latents = equality_run()
     rows = []
     for lever in levers:
         row = {"lever": lever.name}
         try:
             with lever.switch():
-                if lever.window_batch > 1:
-                    row["seconds"] = window_times[lever.window_batch]["per_window"]
-                    row["speedup"] = window_times[1]["per_window"] / row["seconds"]
-                    row["peak_gib"] = window_times[lever.window_batch]["peak_gib"]
-                    latents = equality_run(local_window_predictor(bench.models.denoiser, lever.window_batch))
-                else:
-                    row["seconds"] = call_seconds(bench, repeats)
-                    row["speedup"] = plain_call / row["seconds"]
-                    latents = equality_run(None)
+                row["seconds"] = call_seconds(bench, repeats)
+                row["speedup"] = plain_call / row["seconds"]
+                latents = equality_run()
             row["rel_l2"] = relative_l2(latents, plain_latents)
             row["max_abs"] = max_abs(latents, plain_latents)
         except Exception as error:  # noqa: BLE001  (a lever this GPU or torch cannot do is reported, not fatal)
@@ -229,21 +226,6 @@ def measure_levers(
         rows.append(row)
         print(f"  lever {row}", flush=True)
     return plain_call, plain_latents, rows
-
-
-def window_batch_rows(problem: LeverProblem, batches: list[int], repeats: int) -> dict[int, dict]:
-    """Per-window time and peak memory of a whole step at each window batch."""
-    device = problem.device
-    results = {}
-    for batch in batches:
-        problem.window_step(batch)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        seconds = median_seconds(lambda: problem.window_step(batch), device, repeats)
-        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-        results[batch] = {"per_window": seconds / len(problem.windows), "peak_gib": peak / 2**30}
-        print(f"  window batch {batch}: {results[batch]}", flush=True)
-    return results
 
 
 @dataclass(frozen=True)
@@ -343,7 +325,7 @@ def compile_rows(
                 print(f"  {mode}: {key} {row[key]:.1f}", flush=True)
             row["seconds"] = call_seconds(bench, repeats)
             row["speedup"] = plain_call / row["seconds"]
-            latents = equality_run(None)
+            latents = equality_run()
             row["rel_l2"] = relative_l2(latents, plain_latents)
             row["max_abs"] = max_abs(latents, plain_latents)
             print(f"  {row}", flush=True)
@@ -372,8 +354,7 @@ def lever_benches(models: XNemoModels, work, config_for: Callable, args):
     call_bench = bench_for(24, 2)
     equality_bench = bench_for(args.equality_frames, args.equality_steps)
 
-    def equality_run(window_predictor) -> torch.Tensor:
-        equality_bench.window_predictor = window_predictor
+    def equality_run() -> torch.Tensor:
         equality_bench.sampling_run()
         return equality_bench.last_latents.float().cpu()
 
@@ -383,10 +364,12 @@ def lever_benches(models: XNemoModels, work, config_for: Callable, args):
 
 def compile_section(models: XNemoModels, work, config_for: Callable, args, while_compiled) -> dict:
     call_bench, equality_run, _ = lever_benches(models, work, config_for, args)
+    sync = sync_check(LeverProblem(call_bench, step_frames=args.step_frames))
+    print(f"  host syncs in the sampling loop: {sync}", flush=True)
     plain_call = call_seconds(call_bench, args.repeats)
-    plain_latents = equality_run(None)
+    plain_latents = equality_run()
     rows = compile_rows(call_bench, equality_run, plain_call, plain_latents, args.compile_modes.split(","), args.repeats, while_compiled)
-    return {"plain_call": plain_call, "compile_rows": rows}
+    return {"plain_call": plain_call, "compile_rows": rows, "sync_check": sync}
 
 
 def fp32_copy(models: XNemoModels) -> XNemoModels:
@@ -436,18 +419,16 @@ def run_levers(models: XNemoModels, work, config_for: Callable, args) -> dict:
     result = {"sync_check": sync_check(problem), "resident_gib": resident_gib(models, problem.conditioning)}
     print(f"  resident during sampling: {result['resident_gib']}", flush=True)
     print(f"  host syncs in the sampling loop: {result['sync_check']}", flush=True)
-    batches = sorted({1, 2, 3, len(problem.windows)})
-    window_times = window_batch_rows(problem, batches, args.repeats)
     del problem
-    levers = [Lever(f"window batch {k}", window_batch=k) for k in batches[1:]] + [
+    levers = [
         Lever("SDPA: cuDNN first", lambda: backend_first(SDPBackend.CUDNN_ATTENTION)),
         Lever("SDPA: flash first", lambda: backend_first(SDPBackend.FLASH_ATTENTION)),
         Lever("SDPA: memory-efficient first", lambda: backend_first(SDPBackend.EFFICIENT_ATTENTION)),
         Lever("head dim padded to 64", lambda: attention_function(models.denoiser, padded_attention)),
         Lever("channels_last convolutions", lambda: channels_last(models.denoiser)),
     ]
-    plain_call, plain_latents, rows = measure_levers(call_bench, levers, args.repeats, window_times, equality_run)
-    result.update(plain_call=plain_call, rows=rows, window_times=window_times)
+    plain_call, plain_latents, rows = measure_levers(call_bench, levers, args.repeats, equality_run)
+    result.update(plain_call=plain_call, rows=rows)
     if device.type == "cuda":
         try:
             replay, eager, equal = cuda_graph_call(call_bench)
@@ -476,12 +457,8 @@ def run_levers(models: XNemoModels, work, config_for: Callable, args) -> dict:
         lever for lever, row in zip(levers, rows)
         if row.get("speedup", 0) >= 1.03 and row.get("rel_l2", 1.0) <= rounding
     ]
-    best_batch = max((l for l in kept if l.window_batch > 1), key=lambda l: rows[levers.index(l)]["speedup"], default=None)
-    best_sdpa = max((l for l in kept if l.name.startswith("SDPA")), key=lambda l: rows[levers.index(l)]["speedup"], default=None)
-    others = [l for l in kept if l.window_batch == 1 and not l.name.startswith("SDPA")]
-    result["kept"] = [l.name for l in [best_batch, best_sdpa, *others] if l is not None]
-    result["kept_window_batch"] = best_batch.window_batch if best_batch else 1
-    result["kept_switch"] = combined([l for l in [best_sdpa, *others] if l is not None])
+    result["kept"] = [lever.name for lever in kept]
+    result["kept_switch"] = combined(kept)
     try:
         result["attention"] = attention_table(call_bench.config["latent_size"], device, call_bench.dtype, args.repeats)
     except Exception:  # noqa: BLE001  (reported; the rest of the run goes on)
@@ -492,17 +469,16 @@ def run_levers(models: XNemoModels, work, config_for: Callable, args) -> dict:
 
 
 def print_levers(result: dict, call_flops: float, peak_flops: float, fixed_seconds: float, frames: int = 120, steps: int = 35) -> None:
-    """The per-lever table: call (or per-window) time, speed-up, MFU, estimated fps at ``frames``
+    """The per-lever table: call time, speed-up, MFU, estimated fps at ``frames``
     frames and ``steps`` steps, and the equality columns."""
     windows = -(-frames // 20)
     rounding = result["fp16_vs_fp32"]
     print(f"\nlevers, each alone (host syncs in the sampling loop: {result['sync_check']})")
     print("resident during sampling, GiB: " + ", ".join(f"{k} {v:.2f}" for k, v in result["resident_gib"].items()))
-    print("window batch, whole step: " + ", ".join(f"{k}: {v['per_window'] * 1e3:.0f} ms/window, peak {v['peak_gib']:.2f} GiB" for k, v in result["window_times"].items()))
     print(f"fp16 rounding (plain fp16 vs fp32 final latents): rel L2 {rounding['rel_l2']:.2e}, max |diff| {rounding['max_abs']:.2e}")
     print(f"{'lever':<34} {'ms/call':>8} {'speed-up':>8} {'MFU':>5} {'fps@120 est.':>12} {'rel L2 vs plain':>16} {'max |diff|':>10}  kept")
     plain = result["plain_call"]
-    rows = [{"lever": "plain fp16 (eager, one window per call)", "seconds": plain, "speedup": 1.0, "rel_l2": 0.0, "max_abs": 0.0}]
+    rows = [{"lever": "plain fp16 (eager)", "seconds": plain, "speedup": 1.0, "rel_l2": 0.0, "max_abs": 0.0}]
     for row in rows + result["rows"] + result.get("compile_rows", []):
         if "error" in row:
             print(f"{row['lever']:<34} failed: {row['error']}")
@@ -516,7 +492,7 @@ def print_levers(result: dict, call_flops: float, peak_flops: float, fixed_secon
             f"{row['lever'][:34]:<34} {seconds * 1e3:>8.1f} {row['speedup']:>8.2f} {call_flops / seconds / peak_flops:>5.0%} "
             f"{fps:>12.2f} {equality}  {kept}{extra}"
         )
-    print("(window-batch rows: time per window of a whole step; fps estimated from the call time)")
+    print("(fps estimated from the call time, the reference pass and the motion encoding)")
     print("\nattention kinds under each SDPA backend (ms; err = rel L2 vs the default)")
     for row in result["attention"]:
         cells = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k not in ("kind", "shape"))

@@ -47,7 +47,6 @@ class OursBench:
         )
         # a tensor, as the sampler passes it (compiled code would be specialised to an int)
         self.first_timestep_tensor = torch.full((), self.first_timestep, dtype=torch.long, device=self.device)
-        self.window_predictor = None  # the sampler's default: windows one by one, here
         self.reference = None
         self.window_motion = None
         self.last_latents = None
@@ -134,7 +133,6 @@ class OursBench:
             settings=self.settings(),
             offsets=inputs["offsets"].tolist(),
             noise=inputs["init_noise"],
-            window_predictor=self.window_predictor,
         )
         self._sync()
         seconds = time.perf_counter() - started

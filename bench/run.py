@@ -46,7 +46,6 @@ from ours import OursBench
 from safetensors.torch import load_file
 
 from xportrait2_core.models.config import OFFICIAL_ADDITIONAL_KWARGS, UNetConfig
-from xportrait2_core.sampling import local_window_predictor
 
 SETUP_HINT = "see bench/README.md, 'The official side', for the setup"
 
@@ -183,8 +182,6 @@ def side_by_side(args, work: Path, config: fixture.BenchConfig) -> OursBench:
             args.official_python, args.official_src, work, config.threads
         )
     bench = OursBench.from_work(work)
-    if args.window_batch > 1:
-        bench.window_predictor = local_window_predictor(bench.models.denoiser, args.window_batch)
     compile_seconds = None
     if args.compile:
         bench.models.denoiser.compile(dynamic=False)
@@ -236,9 +233,7 @@ def side_by_side(args, work: Path, config: fixture.BenchConfig) -> OursBench:
         "1. Side by side on this machine: official X-NeMo vs ours (seconds, median (min-max))"
     )
     print(f"config: {config.describe()}")
-    levers = [f"window batch {args.window_batch}"] if args.window_batch > 1 else []
-    if compile_seconds is not None:
-        levers.append(f"torch.compile'd denoiser (first call compiled in {compile_seconds:.0f} s)")
+    levers = [] if compile_seconds is None else [f"torch.compile'd denoiser (first call compiled in {compile_seconds:.0f} s)"]
     print(
         f"ours: torch {torch.__version__}, threads {torch.get_num_threads()}, weights loaded in {bench.load_seconds:.1f} s; "
         f"levers: {', '.join(levers) or 'none'}"
@@ -487,7 +482,6 @@ def parse_args(argv=None):
         default=120,
         help="video length for the per-frame FLOP count",
     )
-    parser.add_argument("--window-batch", type=int, default=1, help="windows per denoiser call in our sampling run")
     parser.add_argument("--compile", action="store_true", help="torch.compile our denoiser (compile time reported apart)")
     parser.add_argument("--skip-flops", action="store_true")
     parser.add_argument("--skip-profile", action="store_true")

@@ -56,7 +56,7 @@ def gaussian_blur(images: torch.Tensor, kernel_size: int = BLUR_KERNEL, sigma: f
     half = (kernel_size - 1) * 0.5
     x = torch.linspace(-half, half, steps=kernel_size)
     pdf = torch.exp(-0.5 * (x / sigma).pow(2))
-    kernel_1d = (pdf / pdf.sum()).to(device=images.device, dtype=images.dtype)
+    kernel_1d = copied_to((pdf / pdf.sum()).to(images.dtype), images.device)
     kernel = torch.mm(kernel_1d[:, None], kernel_1d[None, :])
     channels = images.shape[1]
     padded = torch.nn.functional.pad(images, [kernel_size // 2] * 4, mode="reflect")
@@ -98,15 +98,13 @@ def guidance_rows(guided: bool) -> tuple[bool, ...]:
     return (False, True) if guided else (True,)
 
 
-def window_index(windows: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
-    """The frame indices of ``windows`` (all of one length) as one (windows, frames) tensor on
-    ``device``, copied without waiting for the GPU: a plain ``torch.tensor(..., device=cuda)``
-    copies from pageable memory and blocks the host until the GPU has caught up, which stalls the
-    queue of kernels at every window."""
-    index = torch.tensor(windows, dtype=torch.long)
+def copied_to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU ``tensor`` on ``device`` without waiting for the GPU: a plain copy from pageable
+    memory blocks the host until the GPU has caught up, which would drain the queue of kernels
+    at every window. Through pinned memory the copy is queued like a kernel."""
     if device.type != "cuda":
-        return index.to(device)
-    return index.pin_memory().to(device, non_blocking=True)
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def predict_windows(
@@ -116,40 +114,23 @@ def predict_windows(
     latents: torch.Tensor,
     timestep: int,
     windows: Sequence[Sequence[int]],
-    window_batch: int = 1,
 ) -> Iterator[torch.Tensor]:
-    """The denoiser on the windows, both guidance branches of ``window_batch`` windows in one call
-    (the local :data:`WindowPredictions`; the Ray workers of :mod:`xportrait2_core.farm` run it on
-    their share). The batch is ordered [unconditional rows, conditional rows] so that the
-    reference attention sees two runs of rows whatever the number of windows."""
-    if window_batch < 1:
-        raise ValueError(f"window batch must be at least 1, got {window_batch}")
+    """The denoiser on each window in turn, both guidance branches in one call (the local
+    :data:`WindowPredictions`; the Ray workers of :mod:`xportrait2_core.farm` run it on their share)."""
     rows = guidance_rows(guided)
-    index = window_index(windows, latents.device)
     # A tensor, not an int: compiled code would otherwise be specialised (recompiled) per step.
     timesteps = torch.full((), timestep, dtype=torch.long, device=latents.device)
-    image_embeds = conditioning.image_embeds.unsqueeze(1)
-    for start in range(0, len(windows), window_batch):
-        group = index[start : start + window_batch]
-        count = len(group)
-        window_latents = latents[0][:, group].transpose(0, 1).repeat(len(rows), 1, 1, 1, 1)
-        motion = conditioning.motion_tokens[group]
-        image_context = image_embeds.expand(count, -1, -1)
+    image_context = conditioning.image_embeds.unsqueeze(1)
+    if guided:
+        image_context = torch.cat([torch.zeros_like(image_context), image_context])
+    reference = ReferenceRead(conditioning.reference, rows)
+    for frames in copied_to(torch.tensor(windows), latents.device):
+        window_latents = latents[:, :, frames].repeat(len(rows), 1, 1, 1, 1)
+        motion = conditioning.motion_tokens[frames].unsqueeze(0)
         if guided:
-            motion = torch.cat([conditioning.negative_motion_tokens.expand_as(motion), motion])
-            image_context = torch.cat([torch.zeros_like(image_context), image_context])
-        reference = ReferenceRead(conditioning.reference, tuple(row for row in rows for _ in range(count)))
-        prediction = unet(window_latents, timesteps, image_context, motion, reference)
-        by_window = prediction.unflatten(0, (len(rows), count))
-        for position in range(count):
-            yield by_window[:, position]
-
-
-def local_window_predictor(unet: DenoisingUNet3D, window_batch: int = 1) -> WindowPredictorFactory:
-    """:func:`predict_windows` on ``unet`` in this process, ``window_batch`` windows per call."""
-    return lambda conditioning, guided: functools.partial(
-        predict_windows, unet, conditioning, guided, window_batch=window_batch
-    )
+            negative = conditioning.negative_motion_tokens.expand_as(motion[0]).unsqueeze(0)
+            motion = torch.cat([negative, motion])
+        yield unet(window_latents, timesteps, image_context, motion, reference)
 
 
 def predict_noise(
@@ -171,7 +152,7 @@ def predict_noise(
     branches = len(guidance_rows(guided))
     total = torch.zeros((branches, *latents.shape[1:]), device=latents.device, dtype=latents.dtype)
     count = torch.zeros((1, 1, latents.shape[2], 1, 1), device=latents.device, dtype=latents.dtype)
-    index = window_index(windows, latents.device)
+    index = copied_to(torch.tensor(windows), latents.device)
     for frames, prediction in zip(index, predictions(latents, timestep, windows), strict=True):
         total[:, :, frames] += prediction.to(latents.device)
         count[:, :, frames] += 1
@@ -207,7 +188,7 @@ def sample_video(
     if len(offsets) != settings.steps:
         raise ValueError(f"{len(offsets)} window offsets for {settings.steps} steps")
     # On the latents' device once: a coefficient copied there at every step would wait for the GPU.
-    alphas = scheduler.alphas_cumprod(schedule).to(noise.device)
+    alphas = copied_to(scheduler.alphas_cumprod(schedule), noise.device)
     timesteps = scheduler.ddim_timesteps(settings.steps, schedule).tolist()
     step_windows = [
         context_windows(num_frames, settings.context_frames, settings.context_overlap, offset) for offset in offsets
