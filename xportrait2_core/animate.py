@@ -16,6 +16,7 @@ from typing import Optional
 
 import torch
 
+from .compiled_denoiser import compile_denoiser
 from .face_drives import DriveMapping, FaceDrive, assign_drives, drives_from_mapping
 from .media.driving_take import DrivingTake, motion_crops, track_take
 from .media.face_blend import HEAD, FacePaste, composite_faces, face_regions
@@ -57,6 +58,7 @@ class AnimateRequest:
     blend: str = HEAD
     hold_last_frame: bool = False  # longer than the shortest driver: shorter ones hold their last frame
     audio_from: Optional[Path] = None  # default: the first driving video
+    compile: bool = False  # torch.compile the denoiser (see compiled_denoiser)
 
     @property
     def driving_videos(self) -> list[Path]:
@@ -92,7 +94,10 @@ def pick_device(requested: Optional[str]) -> torch.device:
 def load_pipeline(request: AnimateRequest, device: torch.device, dtype: torch.dtype) -> XPortrait2Pipeline:
     clip = load_clip_image_encoder(request.weights, device, dtype, request.allow_download)
     vae = load_temporal_vae(request.weights, device, dtype, request.allow_download)
-    return XPortrait2Pipeline.from_folder(request.weights, clip, vae.encode, vae.decode, device=device, dtype=dtype)
+    pipeline = XPortrait2Pipeline.from_folder(request.weights, clip, vae.encode, vae.decode, device=device, dtype=dtype)
+    if request.compile:
+        compile_denoiser(pipeline.models.denoiser)
+    return pipeline
 
 
 @dataclass(frozen=True)

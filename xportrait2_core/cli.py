@@ -128,6 +128,7 @@ def request_from_args(args: argparse.Namespace, source: str, driving: Sequence[s
         face_detector=Path(args.face_detector) if args.face_detector else None,
         allow_download=not args.offline,
         overwrite=getattr(args, "overwrite", False),
+        compile=args.compile,
     )
 
 
@@ -238,6 +239,9 @@ def add_render_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blend", choices=["head", "rectangle"], default="head",
                    help="paste-back: head (feathered ellipse around the head, colour-matched; default) or "
                         "rectangle (the whole square with a feathered border)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the denoiser: about 1.3x faster sampling on a GPU, same output; "
+                        "the first run compiles for about 2 minutes (cached on disk for later runs)")
     p.add_argument("--face-detector", help="YuNet weights file (default: yunet_final.pth in the weights folder or kornia's cache)")
     p.add_argument("--offline", action="store_true", help="never download the CLIP/VAE models")
 

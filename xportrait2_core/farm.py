@@ -30,6 +30,7 @@ import torch
 
 from .animate import AnimateRequest, load_all_models, pick_device
 from .batch import FAILED, BatchJob, JobResult, ResultCallback, finished_result, one_line, refused_result, run_job
+from .compiled_denoiser import compile_denoiser
 from .media.video_writer import remove_partial_files
 from .sampling import Conditioning, WindowPredictions, predict_windows
 from .weights.loading import WeightFiles, load_denoiser
@@ -192,10 +193,12 @@ def conditioning_on(conditioning: Conditioning, device: torch.device | str) -> C
 class WindowWorker:
     """A Ray actor holding the denoiser and one run's conditioning; predicts its share of windows."""
 
-    def __init__(self, weights: str, dtype: torch.dtype):
+    def __init__(self, weights: str, dtype: torch.dtype, compile: bool = False):
         # Ray hands a GPU worker its GPU as the only visible one.
         self.device = pick_device(None)
         self.denoiser = load_denoiser(Path(weights), self.device, dtype)
+        if compile:
+            compile_denoiser(self.denoiser)
         self.conditioning: Optional[Conditioning] = None
 
     def bind(self, conditioning: Conditioning) -> None:
@@ -253,12 +256,15 @@ class RayWindowPool:
     timings: list[StepTiming] = field(default_factory=list)
 
     @classmethod
-    def start(cls, weights: Path, workers: Optional[int] = None, dtype: torch.dtype = torch.float32) -> "RayWindowPool":
+    def start(
+        cls, weights: Path, workers: Optional[int] = None, dtype: torch.dtype = torch.float32, compile: bool = False
+    ) -> "RayWindowPool":
+        """``compile``: each worker compiles its denoiser (:mod:`~xportrait2_core.compiled_denoiser`)."""
         ray = import_ray()
         check_weights(weights)
         count, options = worker_slots(ray, workers)
         worker_class = ray.remote(**options)(WindowWorker)
-        return cls(ray, [worker_class.remote(str(weights), dtype) for _ in range(count)])
+        return cls(ray, [worker_class.remote(str(weights), dtype, compile) for _ in range(count)])
 
     def __enter__(self) -> "RayWindowPool":
         return self

@@ -91,7 +91,7 @@ def animate_on_ray(args: argparse.Namespace, request: AnimateRequest, bars: Prog
     check_request(request)
     dtype = request.dtype or default_dtype(pick_device(request.device))
     try:
-        with ray_cluster(args.ray or None), RayWindowPool.start(request.weights, args.workers, dtype) as pool:
+        with ray_cluster(args.ray or None), RayWindowPool.start(request.weights, args.workers, dtype, request.compile) as pool:
             workers = len(pool.workers)
             output = animate_files(request, progress=bars, window_predictor=pool)
     except FarmError as error:
