@@ -6,6 +6,7 @@ import io
 import subprocess
 import sys
 import textwrap
+import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 from harness.media import media, psnr, write_clip_with_audio
 from xportrait2_core.media.images import MediaError
 from xportrait2_core.media.video_reader import iter_frames, probe_video
-from xportrait2_core.media.video_writer import VideoWriter, exact_frame_rate
+from xportrait2_core.media.video_writer import VideoWriter, exact_frame_rate, write_animation
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -324,3 +325,76 @@ def test_constant_rate_frames_pass_one_for_one(tmp_path):
     _write_variable_rate_clip(clip, [40 * index for index in range(12)])
     levels = [round((frame.float().mean().item() - 10) / 20) for frame in iter_frames(clip)]
     assert levels == list(range(12))
+
+
+def as_chunks(frames: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """uint8 (N, H, W, 3) frames as the engine's (n, 3, H, W) chunks in [0, 1]."""
+    return [chunk.permute(0, 3, 1, 2).float() / 255 for chunk in frames.split(size)]
+
+
+def test_animation_chunks_are_written_whole_and_in_order(tmp_path, first_frames):
+    path = tmp_path / "out.mp4"
+    with VideoWriter(path, fps=25) as writer:
+        write_animation(writer, iter(as_chunks(first_frames, 5)))
+    read_back = torch.cat(list(iter_frames(path, chunk_size=8)))
+    assert read_back.shape == first_frames.shape
+    assert psnr(read_back, first_frames) > 40
+
+
+class RecordingWriter:
+    """Stands in for a VideoWriter: records what it encodes and on which thread."""
+
+    def __init__(self, wait_for: threading.Event | None = None, fail_at: int | None = None):
+        self.frames: list[torch.Tensor] = []
+        self.threads: set[str] = set()
+        self.wait_for, self.fail_at = wait_for, fail_at
+
+    def write(self, frames: torch.Tensor) -> None:
+        if len(self.frames) == self.fail_at:
+            raise MediaError("disk full")
+        if self.wait_for is not None and not self.frames:
+            assert self.wait_for.wait(20), "the next chunk was not made while this one was encoded"
+        self.threads.add(threading.current_thread().name)
+        self.frames.append(frames)
+
+
+def test_a_chunk_is_encoded_while_the_next_one_is_made(first_frames):
+    chunks = as_chunks(first_frames, 4)
+    next_chunk_started = threading.Event()
+
+    def made():
+        yield chunks[0]
+        next_chunk_started.set()
+        yield from chunks[1:]
+
+    writer = RecordingWriter(wait_for=next_chunk_started)
+    write_animation(writer, made())
+    assert len(writer.frames) == 3 and all(torch.equal(w, c.permute(0, 2, 3, 1)) for w, c in zip(writer.frames, chunks))
+    assert threading.current_thread().name not in writer.threads
+
+
+def test_an_encoding_error_stops_the_chunks_and_reaches_the_caller(first_frames):
+    chunks = as_chunks(first_frames, 2)
+    made = []
+
+    def counted():
+        for chunk in chunks:
+            made.append(chunk)
+            yield chunk
+
+    with pytest.raises(MediaError, match="disk full"):
+        write_animation(RecordingWriter(fail_at=1), counted())
+    assert len(made) <= 3, "at most one chunk is made ahead of the failed encoding"
+
+
+def test_an_error_making_a_chunk_reaches_the_caller_after_the_earlier_chunks_are_written(first_frames):
+    chunks = as_chunks(first_frames, 4)
+
+    def failing():
+        yield chunks[0]
+        raise RuntimeError("decoder failed")
+
+    writer = RecordingWriter()
+    with pytest.raises(RuntimeError, match="decoder failed"):
+        write_animation(writer, failing())
+    assert len(writer.frames) == 1
