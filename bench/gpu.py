@@ -455,7 +455,7 @@ def main(argv=None) -> None:
     parser.add_argument("--levers", action="store_true", help="measure each lever of issue 16 alone, then run the videos with the ones worth keeping")
     parser.add_argument("--equality-frames", type=int, default=48, help="length of the equality rows' sampling run")
     parser.add_argument("--equality-steps", type=int, default=3)
-    parser.add_argument("--step-frames", type=int, default=120, help="video length of the window-batch rows (one step)")
+    parser.add_argument("--step-frames", type=int, default=120, help="video length of the host-sync check's sampling loop")
     parser.add_argument("--plain-frames", type=int, default=120, help="also run this length without levers (--long-steps, extrapolated)")
     parser.add_argument("--compile-modes", default="default,reduce-overhead", help="torch.compile modes to measure (empty: none)")
     parser.add_argument("--decode-frames", type=int, default=120, help="VAE decode + MP4 writing of this many frames (0: skip)")
