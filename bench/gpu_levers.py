@@ -123,7 +123,6 @@ class LeverProblem:
         self.device = bench.device
         pipeline = bench.pipeline
         inputs = bench.inputs
-        bench.reference_pass()
         latents, image_embeds, reference = pipeline.encode_reference(bench.source)
         generator = torch.Generator().manual_seed(3)
         faces = inputs["driving_faces"]
