@@ -29,6 +29,7 @@ import torch
 from comfy.ldm.modules.attention import optimized_attention
 from comfy_api.v0_0_2 import InputImpl
 
+from ..xportrait2_core.compiled_denoiser import compile_denoiser
 from ..xportrait2_core.context_windows import SeededWindowOffsets, context_windows
 from ..xportrait2_core.media.face_detector import FaceDetectorRunner, find_yunet_weights
 from ..xportrait2_core.models.operations import LayerFactory
@@ -123,11 +124,13 @@ class XNemoBundle:
         return self.denoiser.model.latent_format
 
 
-def _patcher(network: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
+def _patcher(network: torch.nn.Module, dynamic: bool = True) -> comfy.model_patcher.ModelPatcher:
     # ComfyUI >= 0.4 swaps CoreModelPatcher for its dynamic-VRAM patcher at start-up (on a GPU
     # with comfy-aimdo); it is looked up per call so the swap is seen. Older ComfyUIs have only
-    # ModelPatcher.
-    patcher_class = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+    # ModelPatcher, which is also what core builds for a model that must not stream its weights.
+    patcher_class = comfy.model_patcher.ModelPatcher
+    if dynamic:
+        patcher_class = getattr(comfy.model_patcher, "CoreModelPatcher", patcher_class)
     return patcher_class(
         network, load_device=model_management.get_torch_device(), offload_device=model_management.unet_offload_device()
     )
@@ -140,14 +143,21 @@ def weight_dtype(choice: str) -> torch.dtype:
     return model_management.unet_dtype(supported_dtypes=[torch.float16, torch.float32])
 
 
-def load_xnemo(denoiser_file: str, dtype_choice: str) -> XNemoBundle:
-    """Build the networks on the offload device with ComfyUI's layer classes and attention."""
+def load_xnemo(denoiser_file: str, dtype_choice: str, compile: bool = False) -> XNemoBundle:
+    """Build the networks on the offload device with ComfyUI's layer classes and attention;
+    ``compile``: the denoiser is compiled at its first call (:func:`compile_denoiser`)."""
     layers = LayerFactory(comfy.ops.disable_weight_init, optimized_attention)
     models = load_models(
         weights_folder(denoiser_file), model_management.unet_offload_device(), weight_dtype(dtype_choice), layers
     )
+    if compile:
+        compile_denoiser(models.denoiser)
     denoiser = DenoiserModel(models.denoiser, model_sampling_for(models))
-    return XNemoBundle(models, _patcher(models.motion_encoder), _patcher(models.reference_unet), _patcher(denoiser))
+    # A compiled denoiser loads whole, as core's TorchCompileModel has it (its clone disables dynamic
+    # VRAM): streaming weights layer by layer goes through ComfyUI's casting code in every layer.
+    return XNemoBundle(
+        models, _patcher(models.motion_encoder), _patcher(models.reference_unet), _patcher(denoiser, dynamic=not compile)
+    )
 
 
 def make_resident(*patchers: comfy.model_patcher.ModelPatcher) -> torch.device:

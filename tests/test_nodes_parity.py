@@ -2,7 +2,9 @@
 ddim + xnemo_ddim, several context windows with seeded offsets) equal
 ``XPortrait2Pipeline.sample`` for the same seed, inputs and models; the networks' patchers are
 built through ComfyUI's CoreModelPatcher where it exists (what dynamic VRAM swaps on a GPU), and
-after unloading every model the chain runs again to the same latents, bit for bit.
+after unloading every model the chain runs again to the same latents, bit for bit. The Loader's
+``compile`` option gives the eager chain's latents from one compiled graph, its denoiser under a
+plain ModelPatcher (weights loaded whole, as core does for compiled models).
 
 ComfyUI is imported in a child process (its own top-level ``nodes`` module must not meet this
 repository's ``nodes`` package, which pytest puts on ``sys.path``); the child loads the pack
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 
 from harness import REPO_ROOT
 from harness.comfyui_pack import CLIP_FILE, DENOISER_FILE, MEDIA, PHOTO, VAE_FILE
@@ -24,10 +27,13 @@ from harness.comfyui_pack import CLIP_FILE, DENOISER_FILE, MEDIA, PHOTO, VAE_FIL
 CHILD = textwrap.dedent(
     """
     import importlib.util, json, sys
-    comfyui, repo, models, photo, video = sys.argv[1:6]
+    comfyui, repo, models, photo, video, check = sys.argv[1:7]
     sys.path[:] = [comfyui] + [p for p in sys.path[1:] if p not in ("", repo)]
     from comfy.cli_args import args
     args.cpu = True
+    # For the compiled chain, the attention ComfyUI picks on NVIDIA GPUs (PyTorch SDPA): on the CPU it
+    # picks sub-quadratic attention, which asks psutil for free memory at each call (a graph break).
+    args.use_pytorch_cross_attention = check == "compile"
     import torch
     spec = importlib.util.spec_from_file_location("xp2pack", repo + "/__init__.py", submodule_search_locations=[repo])
     pack = importlib.util.module_from_spec(spec)
@@ -60,7 +66,7 @@ CHILD = textwrap.dedent(
     reference_image, face_crop, source, faces_preview = result(nodes.XPortrait2SourceFaceCrop.execute(photo_image, size))
     driving_crops, track = result(nodes.XPortrait2DrivingFaceTrack.execute(frames))
 
-    def animate():
+    def animate(bundle=bundle):
         features, = result(nodes.XPortrait2MotionEncode.execute(bundle, driving_crops, face_crop))
         motion, = result(nodes.XPortrait2MotionLatents.execute(bundle, features, 1.0, False, 0, 0.0))
         reference, = result(nodes.XPortrait2ReferenceAppearance.execute(bundle, reference_image, clip, vae))
@@ -68,6 +74,20 @@ CHILD = textwrap.dedent(
             bundle, reference, motion, seed, 2.5, context, overlap, steps, "ddim", "xnemo_ddim"))[0]
 
     latent = animate()
+    if check == "compile":
+        from torch._dynamo.utils import counters
+        compiled_bundle, = result(nodes.XPortrait2Loader.execute("%(denoiser)s", "fp32", True))
+        torch._dynamo.reset()
+        counters.clear()
+        compiled = animate(compiled_bundle)["samples"]
+        eager = latent["samples"]
+        print(json.dumps({
+            "relative_l2": ((compiled - eager).norm() / eager.norm()).item(),
+            "unique_graphs": counters["stats"]["unique_graphs"], "graph_breaks": dict(counters["graph_break"]),
+            "patcher_class": type(compiled_bundle.denoiser).__name__,
+            "eager_patcher_class": type(bundle.denoiser).__name__, "expected_patcher": expected_patcher,
+        }))
+        sys.exit(0)
     # Unload every network, then run the whole chain again: the patchers load again, same latents.
     ours_patchers = (bundle.motion_encoder, bundle.reference_unet, bundle.denoiser)
     comfy.model_management.unload_all_models()
@@ -98,14 +118,19 @@ CHILD = textwrap.dedent(
 ) % {"denoiser": DENOISER_FILE, "clip": CLIP_FILE, "vae": VAE_FILE}
 
 
-def test_sampler_node_latents_equal_engine_api_and_survive_unloading(comfyui_path, xp2_models):
+def _run_chain(comfyui_path, xp2_models, check: str) -> dict:
     models = xp2_models["xportrait2"].parent
     arguments = [str(comfyui_path), str(REPO_ROOT), str(models), str(MEDIA / PHOTO), str(MEDIA / "driving_60f.mp4")]
     child = subprocess.run(
-        [sys.executable, "-c", CHILD, *arguments], cwd=comfyui_path, capture_output=True, text=True, timeout=900
+        [sys.executable, "-c", CHILD, *arguments, check], cwd=comfyui_path, capture_output=True, text=True,
+        timeout=900,
     )
     assert child.returncode == 0, child.stdout[-3000:] + child.stderr[-5000:]
-    report = json.loads(child.stdout.strip().splitlines()[-1])
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def test_sampler_node_latents_equal_engine_api_and_survive_unloading(comfyui_path, xp2_models):
+    report = _run_chain(comfyui_path, xp2_models, "parity")
     assert report["shape"] == report["expected_shape"] == [10, 4, 8, 8]
     # 10 frames in windows of 4 (overlap 1): several windows, each step at its own seeded offset.
     assert report["relative_l2"] < 1e-4, report
@@ -113,3 +138,14 @@ def test_sampler_node_latents_equal_engine_api_and_survive_unloading(comfyui_pat
     # unload, load again and give the same latents bit for bit.
     assert report["patcher_classes"] == [report["expected_patcher"]], report
     assert report["unloaded"] and report["rerun_equal"], report
+
+
+@pytest.mark.compile
+def test_loader_compile_option_gives_the_eager_latents_in_one_graph(comfyui_path, xp2_models):
+    report = _run_chain(comfyui_path, xp2_models, "compile")
+    # The same ComfyUI layers and attention, compiled: every window and step in one graph.
+    assert report["unique_graphs"] == 1 and not report["graph_breaks"], report
+    assert report["relative_l2"] < 1e-5, report
+    # Loaded whole (plain ModelPatcher), where the eager denoiser goes through CoreModelPatcher.
+    assert report["patcher_class"] == "ModelPatcher", report
+    assert report["eager_patcher_class"] == report["expected_patcher"], report
