@@ -66,20 +66,25 @@ CHILD = textwrap.dedent(
     reference_image, face_crop, source, faces_preview = result(nodes.XPortrait2SourceFaceCrop.execute(photo_image, size))
     driving_crops, track = result(nodes.XPortrait2DrivingFaceTrack.execute(frames))
 
-    def animate(bundle=bundle):
+    def conditions():
         features, = result(nodes.XPortrait2MotionEncode.execute(bundle, driving_crops, face_crop))
         motion, = result(nodes.XPortrait2MotionLatents.execute(bundle, features, 1.0, False, 0, 0.0))
         reference, = result(nodes.XPortrait2ReferenceAppearance.execute(bundle, reference_image, clip, vae))
-        return result(nodes.XPortrait2Sampler.execute(
-            bundle, reference, motion, seed, 2.5, context, overlap, steps, "ddim", "xnemo_ddim"))[0]
+        return reference, motion
 
-    latent = animate()
+    def sample(reference, motion, models=bundle):
+        return result(nodes.XPortrait2Sampler.execute(
+            models, reference, motion, seed, 2.5, context, overlap, steps, "ddim", "xnemo_ddim"))[0]
+
+    reference, motion = conditions()
+    latent = sample(reference, motion)
     if check == "compile":
+        # Only the denoiser differs: the compiled one samples the eager chain's reference and motion.
         from torch._dynamo.utils import counters
         compiled_bundle, = result(nodes.XPortrait2Loader.execute("%(denoiser)s", "fp32", True))
         torch._dynamo.reset()
         counters.clear()
-        compiled = animate(compiled_bundle)["samples"]
+        compiled = sample(reference, motion, models=compiled_bundle)["samples"]
         eager = latent["samples"]
         print(json.dumps({
             "relative_l2": ((compiled - eager).norm() / eager.norm()).item(),
@@ -93,7 +98,7 @@ CHILD = textwrap.dedent(
     comfy.model_management.unload_all_models()
     loaded = [m.model for m in comfy.model_management.current_loaded_models]
     unloaded = not any(p in loaded for p in ours_patchers)
-    again = animate()
+    again = sample(*conditions())
 
     pipeline = XPortrait2Pipeline(
         bundle.models,
