@@ -21,18 +21,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import yaml
 from safetensors.torch import save_file
 
 from xportrait2_core.context_windows import SeededWindowOffsets, context_windows
 from xportrait2_core.models.config import OFFICIAL_ADDITIONAL_KWARGS, UNetConfig
-from xportrait2_core.models.motion_encoder import CROP_SIZE, MotionEncoder
+from xportrait2_core.models.motion_encoder import MotionEncoder, neutral_boxes
 from xportrait2_core.models.operations import LayerFactory, skip_init_operations
 from xportrait2_core.models.reference_unet import ReferenceUNet
 from xportrait2_core.models.unet3d import DenoisingUNet3D
 from xportrait2_core.reference_appearance import VAE_SCALING
 from xportrait2_core.sampling import seeded_noise
+from xportrait2_core.testing.tiny_weights import centre_trunk_relu_, smooth_crops
 from xportrait2_core.weights import checkpoint
 
 INPUTS_FILE = "inputs.safetensors"
@@ -174,22 +174,13 @@ def randomise_(model: torch.nn.Module, generator: torch.Generator) -> None:
 def calibrate_motion_encoder_(encoder: MotionEncoder, crops: torch.Tensor) -> None:
     """Keep random motion tokens informative and well conditioned, on a few crops.
 
-    The trunk ends in a 1-channel conv followed by ReLU; with random weights that channel is
-    easily all negative, and then every frame would get the same tokens: centre its bias.
-    Then scale ``final_proj`` so that the tokens have unit spread: with the raw spread (about 4,
-    peaks near 20) the motion cross-attention is so peaked that fp32 rounding alone moves the
-    denoiser output by ~1e-3 relative (checked against float64, where both implementations
-    agree to 1e-11), and the "max difference" of the benchmark could not tell a bug from noise."""
-    seen = []
-    hook = encoder.model.conv6.register_forward_hook(lambda m, a, out: seen.append(out))
-    try:
-        encoder.features(crops * 2 - 1)
-    finally:
-        hook.remove()
-    encoder.model.conv6.bias.sub_(seen[0].median())
-    boxes = torch.tensor(
-        [[0.0, 0.0, 1.0]], device=crops.device, dtype=crops.dtype
-    ).expand(crops.shape[0], 3)
+    Centre the trunk's last ReLU (as the tiny test weights do), then scale ``final_proj`` so that
+    the tokens have unit spread: with the raw spread (about 4, peaks near 20) the motion
+    cross-attention is so peaked that fp32 rounding alone moves the denoiser output by ~1e-3
+    relative (checked against float64, where both implementations agree to 1e-11), and the "max
+    difference" of the benchmark could not tell a bug from noise."""
+    centre_trunk_relu_(encoder, crops)
+    boxes = neutral_boxes(crops.shape[0], crops.device, crops.dtype)
     spread = (encoder(crops * 2 - 1, boxes) - encoder.pe).std()
     encoder.final_proj.weight.div_(spread)
     encoder.final_proj.bias.div_(spread)
@@ -205,7 +196,7 @@ def build_random_networks(config: BenchConfig, calibration_crops: torch.Tensor):
     networks = {
         "denoiser": DenoisingUNet3D(unet_config, layers),
         "reference": ReferenceUNet(unet_config, layers),
-        "motion": MotionEncoder(layers).eval(),
+        "motion": MotionEncoder(layers=layers).eval(),
     }
     for network in networks.values():
         randomise_(network, generator)
@@ -253,17 +244,6 @@ def write_weights(
 # --------------------------------------------------------------------------------------------
 # Inputs
 # --------------------------------------------------------------------------------------------
-def smooth_crops(count: int, generator: torch.Generator) -> torch.Tensor:
-    """(count, 3, 224, 224) crops in [0, 1] on 8-bit levels that change smoothly over frames
-    (so that motion tokens differ frame to frame, as a face's expression would)."""
-    keys = torch.rand(2, 3, 12, 12, generator=generator)
-    weights = torch.linspace(0, 1, count)[:, None, None, None]
-    low = (1 - weights) * keys[0] + weights * keys[1]
-    crops = F.interpolate(low, size=(CROP_SIZE, CROP_SIZE), mode="bilinear", align_corners=False)
-    crops = (crops + 0.05 * torch.randn(crops.shape, generator=generator)).clamp(0, 1)
-    return torch.round(crops * 255) / 255
-
-
 def make_inputs(config: BenchConfig) -> dict[str, torch.Tensor]:
     """Everything both sides are fed, including the initial noise, the window offsets and the
     single-call inputs, so nothing random is drawn inside either implementation."""

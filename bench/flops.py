@@ -84,7 +84,7 @@ def our_component_flops(
     config = config or UNetConfig.official()
     denoiser = DenoisingUNet3D(config, layers)
     reference_unet = ReferenceUNet(config, layers)
-    motion_encoder = MotionEncoder(layers).eval()
+    motion_encoder = MotionEncoder(layers=layers).eval()
     meta = {"device": "meta"}
     size, window = settings.latent_size, settings.window
     image_embeds = torch.zeros(1, 1, config.cross_attention_dim, **meta)

@@ -82,7 +82,7 @@ def build_our_models(
     )
     layers = LayerFactory(skip_init_operations, dtype=dtype, device=device)
     networks = [
-        MotionEncoder(layers).eval(),
+        MotionEncoder(layers=layers).eval(),
         ReferenceUNet(config, layers).eval(),
         DenoisingUNet3D(config, layers).eval(),
     ]

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import platform
+import shutil
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -16,8 +17,8 @@ import torch
 from .media.images import MediaError
 from .models.config import ConfigError
 from .progress import Cancelled
-from .weights.checkpoint import OFFICIAL_FILES, CheckpointError, convert_to_safetensors, read_state_dict
-from .weights.loading import DTYPES
+from .weights.checkpoint import MOTION_ENCODER, OFFICIAL_FILES, CheckpointError, convert_to_safetensors, read_state_dict
+from .weights.loading import DTYPES, MOTION_ENCODER_CONFIG
 
 STORED_DTYPES = {**DTYPES, "keep": None}
 WEIGHTS_ENV = "XPORTRAIT2_WEIGHTS"
@@ -56,6 +57,9 @@ def convert(args: argparse.Namespace) -> int:
         convert_to_safetensors(source, target, dtype)
         _check_round_trip(source, target, dtype)
         print(f"{source} -> {target} ({args.dtype})")
+        architecture = source.with_name(MOTION_ENCODER_CONFIG)
+        if source.stem == MOTION_ENCODER and architecture.is_file() and target_dir.resolve() != source.parent.resolve():
+            shutil.copyfile(architecture, target_dir / MOTION_ENCODER_CONFIG)  # it describes the converted file too
     return 0
 
 
@@ -179,6 +183,8 @@ def doctor(args: argparse.Namespace) -> int:
         except CheckpointError as error:
             problems += 1
             print(f"  MISSING  {name}: {error}")
+    if (weights / MOTION_ENCODER_CONFIG).is_file():
+        print(f"  note     {weights / MOTION_ENCODER_CONFIG}: describes a motion encoder narrower than the official one (test weights)")
     for part in (CLIP_IMAGE_ENCODER, SVD_VAE):
         try:
             print(f"  ok       {part.repo_id} {part.subfolder}: {locate(part, weights, allow_download=False)}")

@@ -1,15 +1,17 @@
-"""The architecture of the two UNets, fully described by one dataclass.
+"""The architectures of the networks, each fully described by one dataclass.
 
-It is built from the sd-image-variations ``unet/config.json`` plus the official
-``unet_additional_kwargs`` (``configs/inference/inference_xnemo_stage2.yaml``); the real model and
-the tiny test variants are the same code with different configs. Options the official model does
-not use are refused with a clear error instead of being silently ignored.
+The two UNets' config is built from the sd-image-variations ``unet/config.json`` plus the official
+``unet_additional_kwargs`` (``configs/inference/inference_xnemo_stage2.yaml``); the motion
+encoder's is the official one unless the weights folder holds ``xnemo_motion_encoder.json`` (tiny
+test weights describe a narrower encoder there). The real models and the tiny test variants are
+the same code with different configs. Options the official model does not use are refused with a
+clear error instead of being silently ignored.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -221,3 +223,58 @@ class SchedulerConfig:
             beta_end=kwargs.get("beta_end", 0.02),
             steps_offset=kwargs.get("steps_offset", 1),
         )
+
+
+@dataclass(frozen=True)
+class MotionEncoderConfig:
+    """Widths of the motion encoder's face trunk (``FAN_SA``); the defaults are the official ones.
+
+    The crop size, the 32 x 16 tokens and the box branch are fixed by the rest of the model and are
+    not configurable."""
+
+    stem_channels: int = 64  # conv1, 7x7 at stride 2 on the 224 px crop
+    mid_channels: int = 128  # conv2 / att_1 / conv3 at 112 px
+    deep_channels: int = 256  # conv4 onwards at 56 px: att_2, the hourglass, att_3
+    landmark_channels: int = 68  # l0: one heat map per FAN landmark
+    hourglass_depth: int = 4
+    attention_dim: int = 1024  # the patch attentions' token width
+    attention_heads: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("mid_channels", "deep_channels"):  # their patch attentions' GroupNorm has 32 groups
+            if getattr(self, name) % 32:
+                raise ConfigError(f"motion encoder config: {name} must be a multiple of 32, got {getattr(self, name)}")
+        if self.stem_channels % 4 or self.stem_channels < 4:
+            raise ConfigError(f"motion encoder config: stem_channels must be a multiple of 4, got {self.stem_channels}")
+        # att_1 un-patchifies 4x4 patches: each token carries 16 pixels of attention_dim / 16 channels.
+        if self.attention_dim % 16 or self.attention_dim % self.attention_heads:
+            raise ConfigError(
+                f"motion encoder config: attention_dim ({self.attention_dim}) must be a multiple of 16 and of "
+                f"attention_heads ({self.attention_heads})"
+            )
+        if not 1 <= self.hourglass_depth <= 5 or self.landmark_channels < 1:
+            raise ConfigError("motion encoder config: hourglass_depth must be 1 to 5 and landmark_channels positive")
+
+    @classmethod
+    def from_file(cls, path: Optional[Path]) -> "MotionEncoderConfig":
+        """The official encoder when ``path`` is None; otherwise the JSON object of the file, every
+        key one of this class's fields."""
+        if path is None:
+            return cls()
+        try:
+            values = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ConfigError(f"{path}: not a readable JSON file: {error}") from None
+        known = {f.name for f in fields(cls)}
+        if not isinstance(values, dict) or set(values) - known:
+            unknown = sorted(set(values) - known) if isinstance(values, dict) else values
+            raise ConfigError(f"{path}: expected an object with keys among {sorted(known)}, got {unknown!r}")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values.values()):
+            raise ConfigError(f"{path}: every value must be an integer")
+        try:
+            return cls(**values)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"

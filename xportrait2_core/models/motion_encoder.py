@@ -15,6 +15,7 @@ from torch import nn
 
 from .attention import Attention
 from .attention_stack import AttentionStack, sincos_table
+from .config import MotionEncoderConfig
 from .operations import LayerFactory
 
 CROP_SIZE = 224
@@ -111,20 +112,18 @@ class PatchAttention(nn.Module):
 
     (Named ``TemporalTransformer3DModel`` upstream, but it never mixes frames.)"""
 
-    dim = 1024
-    heads = 8
-
-    def __init__(self, channels: int, patch_size: int, map_size: int, layers: LayerFactory):
+    def __init__(self, channels: int, patch_size: int, map_size: int, config: MotionEncoderConfig, layers: LayerFactory):
         super().__init__()
         self.patch_size = patch_size
+        dim, heads = config.attention_dim, config.attention_heads
         self.norm = layers.group_norm(32, channels, eps=1e-6)
-        self.pos_embed = PatchEmbedding(channels, self.dim, patch_size, map_size // patch_size, layers)
+        self.pos_embed = PatchEmbedding(channels, dim, patch_size, map_size // patch_size, layers)
 
         def self_attention() -> nn.Module:
-            return Attention(self.dim, self.heads, self.dim // self.heads, layers)
+            return Attention(dim, heads, dim // heads, layers)
 
-        self.transformer_blocks = nn.ModuleList([AttentionStack(self.dim, layers, self_attention, 1)])
-        self.proj_out = layers.linear(self.dim // patch_size**2, channels)
+        self.transformer_blocks = nn.ModuleList([AttentionStack(dim, layers, self_attention, 1)])
+        self.proj_out = layers.linear(dim // patch_size**2, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Adds to ``x`` in place (the trunk passes maps it owns)."""
@@ -142,23 +141,24 @@ class PatchAttention(nn.Module):
 class FaceTrunk(nn.Module):
     """``FAN_SA``: 224x224 crop -> 512 expression features."""
 
-    def __init__(self, layers: LayerFactory):
+    def __init__(self, config: MotionEncoderConfig, layers: LayerFactory):
         super().__init__()
-        self.conv1 = layers.conv2d(3, 64, 7, stride=2, padding=3)
-        self.bn1 = layers.batch_norm(64)
-        self.conv2 = ConvBlock(64, 128, layers)
-        self.att_1 = PatchAttention(128, patch_size=4, map_size=112, layers=layers)
-        self.conv3 = ConvBlock(128, 128, layers)
-        self.conv4 = ConvBlock(128, 256, layers)
-        self.att_2 = PatchAttention(256, patch_size=2, map_size=56, layers=layers)
-        self.m0 = HourGlass(4, 256, layers)
-        self.top_m_0 = ConvBlock(256, 256, layers)
-        self.conv_last0 = layers.conv2d(256, 256, 1)
-        self.bn_end0 = layers.batch_norm(256)
-        self.att_3 = PatchAttention(256, patch_size=2, map_size=56, layers=layers)
-        self.l0 = layers.conv2d(256, 68, 1)
-        self.bn5 = layers.batch_norm(68)
-        self.conv6 = layers.conv2d(68, 1, 3, stride=2, padding=1)
+        stem, mid, deep, landmarks = config.stem_channels, config.mid_channels, config.deep_channels, config.landmark_channels
+        self.conv1 = layers.conv2d(3, stem, 7, stride=2, padding=3)
+        self.bn1 = layers.batch_norm(stem)
+        self.conv2 = ConvBlock(stem, mid, layers)
+        self.att_1 = PatchAttention(mid, patch_size=4, map_size=112, config=config, layers=layers)
+        self.conv3 = ConvBlock(mid, mid, layers)
+        self.conv4 = ConvBlock(mid, deep, layers)
+        self.att_2 = PatchAttention(deep, patch_size=2, map_size=56, config=config, layers=layers)
+        self.m0 = HourGlass(config.hourglass_depth, deep, layers)
+        self.top_m_0 = ConvBlock(deep, deep, layers)
+        self.conv_last0 = layers.conv2d(deep, deep, 1)
+        self.bn_end0 = layers.batch_norm(deep)
+        self.att_3 = PatchAttention(deep, patch_size=2, map_size=56, config=config, layers=layers)
+        self.l0 = layers.conv2d(deep, landmarks, 1)
+        self.bn5 = layers.batch_norm(landmarks)
+        self.conv6 = layers.conv2d(landmarks, 1, 3, stride=2, padding=1)
         self.fc = layers.linear(28 * 28, FEATURE_DIM)
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
@@ -178,9 +178,10 @@ class FaceTrunk(nn.Module):
 class MotionEncoder(nn.Module):
     """Face crops (N, 3, 224, 224) in [-1, 1] and boxes (N, 3) -> motion tokens (N, 32, 16)."""
 
-    def __init__(self, layers: LayerFactory = LayerFactory()):
+    def __init__(self, config: MotionEncoderConfig = MotionEncoderConfig(), layers: LayerFactory = LayerFactory()):
         super().__init__()
-        self.model = FaceTrunk(layers)
+        self.config = config
+        self.model = FaceTrunk(config, layers)
         positions = torch.arange(NUM_TOKENS)
         table = sincos_table(positions, TOKEN_DIM, interleaved=False).float().unsqueeze(0)
         self.register_buffer("pe", table.to(device=layers.device, dtype=layers.dtype))

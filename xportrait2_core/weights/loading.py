@@ -3,8 +3,9 @@
 A weights folder holds the four official files (``.pth`` or our ``.safetensors``) and,
 optionally, the architecture files of the official layout (the sd-image-variations
 ``unet/config.json`` and ``inference_xnemo_stage2.yaml``, which the tiny test variants need;
-without them the official full-size configuration is used) and the base sd-image-variations
-UNet weights (only needed if the denoiser file lacks base keys).
+without them the official full-size configuration is used), ``xnemo_motion_encoder.json`` (only
+tiny test weights have one: a narrower motion encoder) and the base sd-image-variations UNet
+weights (only needed if the denoiser file lacks base keys).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from ..models.config import SchedulerConfig, UNetConfig
+from ..models.config import MotionEncoderConfig, SchedulerConfig, UNetConfig
 from ..models.motion_encoder import MotionEncoder
 from ..models.operations import LayerFactory, skip_init_operations
 from ..models.reference_unet import ReferenceUNet
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 BASE_UNET_DIR = Path("sd-image-variations-diffusers") / "unet"
 INFERENCE_YAML = "inference_xnemo_stage2.yaml"
+MOTION_ENCODER_CONFIG = f"{checkpoint.MOTION_ENCODER}.json"
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class WeightFiles:
     base_unet: Optional[Path] = None
     unet_config: Optional[Path] = None
     inference_yaml: Optional[Path] = None
+    motion_encoder_config: Optional[Path] = None
 
     @classmethod
     def discover(cls, folder: Path) -> "WeightFiles":
@@ -59,10 +62,14 @@ class WeightFiles:
             base_unet=next((p for p in base_weights if p.is_file()), None),
             unet_config=(base / "config.json") if (base / "config.json").is_file() else None,
             inference_yaml=next((p for p in yamls if p.is_file()), None),
+            motion_encoder_config=(folder / MOTION_ENCODER_CONFIG) if (folder / MOTION_ENCODER_CONFIG).is_file() else None,
         )
 
     def unet_config_object(self) -> UNetConfig:
         return UNetConfig.from_files(self.unet_config, self.inference_yaml)
+
+    def motion_encoder_config_object(self) -> MotionEncoderConfig:
+        return MotionEncoderConfig.from_file(self.motion_encoder_config)
 
     def scheduler_config(self) -> SchedulerConfig:
         return SchedulerConfig.from_yaml(self.inference_yaml) if self.inference_yaml else SchedulerConfig()
@@ -98,7 +105,7 @@ def load_models(
     ``layers`` supplies the operations namespace and attention function (ComfyUI passes its
     own); by default layers skip their random initialisation since every value is loaded."""
     files, layers, config = _prepare(folder, device, dtype, layers)
-    motion_encoder = MotionEncoder(layers).eval()
+    motion_encoder = MotionEncoder(files.motion_encoder_config_object(), layers).eval()
     reference_unet = ReferenceUNet(config, layers).eval()
     denoiser = DenoisingUNet3D(config, layers).eval()
     reports = [
