@@ -50,10 +50,10 @@ def write_clip_with_audio(path: Path, frame_count: int, fps: Fraction, size=(64,
         container.mux(audio.encode())
 
 
-def _tone(seconds: float, sample_rate: int) -> av.AudioFrame:
+def _tone(seconds: float, sample_rate: int, frequency: float = 440.0) -> av.AudioFrame:
     times = np.arange(int(sample_rate * seconds)) / sample_rate
     samples = av.AudioFrame.from_ndarray(
-        (0.3 * np.sin(2 * np.pi * 440 * times)).astype(np.float32)[None], format="flt", layout="mono"
+        (0.3 * np.sin(2 * np.pi * frequency * times)).astype(np.float32)[None], format="flt", layout="mono"
     )
     samples.sample_rate, samples.pts = sample_rate, 0
     return samples
@@ -64,34 +64,75 @@ def write_driving_clip(
     frames: int,
     source: Path | None = None,
     fps: Fraction | None = None,
-    tone: bool = False,
+    tone: bool | float = False,
     faceless: Iterable[int] = (),
+    mirrored: Iterable[int] = (),
+    lossless: bool = False,
 ) -> Path:
     """The first ``frames`` frames of a real driving video (``driving_60f.mp4`` by default, looped
     when it is shorter) as an H.264 MP4 at ``fps`` (the source's by default), optionally with a
-    440 Hz tone as long as the video and with the ``faceless`` frames replaced by plain grey."""
+    tone as long as the video (``True``: 440 Hz, or its frequency), with the ``faceless`` frames
+    replaced by plain grey and the ``mirrored`` frames' face mirrored about its own centre (the
+    face is found where it was, its expression changes: a mark on one frame of the take). ``lossless`` (H.264 at qp 0):
+    a frame decodes the same whatever its neighbours are, so two takes differ only where they were
+    made to."""
     source = source or media("driving_60f.mp4")
-    faceless = set(faceless)
+    faceless, mirrored = set(faceless), set(mirrored)
     with av.open(str(source)) as container:
         pictures = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
         fps = fps or Fraction(container.streams.video[0].average_rate)
     height, width = pictures[0].shape[:2]
     with av.open(str(target), "w") as output:
-        video = output.add_stream("libx264", rate=fps)
+        video = output.add_stream("libx264", rate=fps, options={"qp": "0"} if lossless else {})
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         audio = output.add_stream("aac", rate=44100) if tone else None
         if audio is not None:
             audio.layout = "mono"
         for index in range(frames):
             pixels = np.full_like(pictures[0], 128) if index in faceless else pictures[index % len(pictures)]
+            if index in mirrored:
+                pixels = mirrored_about_face(pixels)
             frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
             frame.pts = index
             output.mux(video.encode(frame))
         output.mux(video.encode())
         if audio is not None:
-            output.mux(audio.encode(_tone(float(frames / fps), 44100)))
+            output.mux(audio.encode(_tone(float(frames / fps), 44100, 440.0 if tone is True else float(tone))))
             output.mux(audio.encode())
     return target
+
+
+def mirrored_about_face(pixels: np.ndarray) -> np.ndarray:
+    """An ``(H, W, 3)`` uint8 frame whose columns around the face are mirrored about the face's
+    centre: the face box stays (so does the driving crop), the face looks the other way."""
+    from xportrait2_core.media.face_detector import FaceDetectorRunner, detect_face
+
+    detector = FaceDetectorRunner.from_weights(media("yunet_final.pth"))
+    face = detect_face(torch.from_numpy(pixels).permute(2, 0, 1).float() / 255, detector)
+    centre = round((face.left + face.right) / 2)
+    half = min(centre, pixels.shape[1] - centre)
+    out = pixels.copy()
+    out[:, centre - half : centre + half] = pixels[:, centre - half : centre + half][:, ::-1]
+    return out
+
+
+def dominant_frequency(path: Path) -> float:
+    """The strongest frequency (Hz) of a file's first audio stream."""
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        samples = np.concatenate([frame.to_ndarray().reshape(-1) for frame in container.decode(stream)])
+        rate = stream.rate
+    spectrum = np.abs(np.fft.rfft(samples - samples.mean()))
+    return float(np.fft.rfftfreq(len(samples), 1 / rate)[spectrum.argmax()])
+
+
+def region_change(a: np.ndarray, b: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Per frame, the mean absolute difference in levels between two ``(F, H, W, 3)`` uint8 videos
+    inside ``box`` (left, top, right, bottom)."""
+    left, top, right, bottom = box
+    assert a.shape == b.shape, (a.shape, b.shape)
+    crop = (slice(None), slice(top, bottom), slice(left, right))
+    return np.abs(a[crop].astype(np.int16) - b[crop].astype(np.int16)).mean(axis=(1, 2, 3))
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

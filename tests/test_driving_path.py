@@ -1,0 +1,125 @@
+"""The driving video on the command line, proven at the pixel level on real media: a different take
+gives a different video and the same take the same one, each driving frame reaches its own output
+frame in order, performer i drives face i, and the sound comes from the video it should.
+
+These tests lean on the calibrated tiny weights (tests/test_tiny_weights.py): with them a driving
+take moves the face region by tens of levels, so a driving-path bug cannot pass unseen."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.comfyui_pack import video_frames
+from harness.media import dominant_frequency, media, region_change, write_driving_clip
+from harness.multi_face_media import two_face_portrait, two_performer_take
+from xportrait2_core.cli import main as cli
+from xportrait2_core.media.crops import FaceBox
+from xportrait2_core.media.face_detector import FaceDetectorRunner, detect_face, detect_faces
+from xportrait2_core.media.images import load_image
+
+FRAMES = 12
+MARKED = 5  # the driving frame that the marked take mirrors
+FAST = ["--steps", "2", "--offline", "--size", "64"]
+# In levels (0..255), measured with these weights: a different take moves the face region by about
+# 24 levels on average; a mirrored driving face moves its own output frame by ~20 levels, its two
+# neighbours by ~6 (the VAE decoder mixes neighbouring frames) and the others by 1-5 (the smoothed
+# face track moves their crops by a pixel or so).
+TAKES_DIFFER = 10.0
+FRAME_CHANGED = 8.0
+MARK_OVER_OTHERS = 2.0  # the marked frame changes at least this many times more than any other
+SAME_FACE = 3.0  # the same face's pixels in two runs, through H.264 (the latents are equal)
+
+
+@pytest.fixture(scope="module")
+def detector() -> FaceDetectorRunner:
+    return FaceDetectorRunner.from_weights(media("yunet_final.pth"))
+
+
+@pytest.fixture(scope="module")
+def takes(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("takes")
+    return {
+        "a": write_driving_clip(folder / "a.mp4", FRAMES, fps=Fraction(25), tone=440, lossless=True),
+        "a again": write_driving_clip(folder / "a_again.mp4", FRAMES, fps=Fraction(25), tone=440, lossless=True),
+        "b": write_driving_clip(folder / "b.mp4", FRAMES, source=media("driving_230f.mp4"), fps=Fraction(25), tone=660),
+        "a marked": write_driving_clip(
+            folder / "a_marked.mp4", FRAMES, fps=Fraction(25), tone=440, mirrored=[MARKED], lossless=True
+        ),
+    }
+
+
+def inner_box(face, shrink: float = 0.15) -> tuple[int, int, int, int]:
+    """The middle of a face box: what the head blend replaces whatever the neighbours do."""
+    dx, dy = face.width * shrink, face.height * shrink
+    return round(face.left + dx), round(face.top + dy), round(face.right - dx), round(face.bottom - dy)
+
+
+def animate(portrait: Path, driving: Path | None, out: Path, weights: Path, *options: str) -> np.ndarray:
+    args = [str(portrait)] + ([str(driving)] if driving else [])
+    assert cli(["animate", *args, "-o", str(out), "--weights", str(weights), *FAST, *options]) == 0
+    return video_frames(out)
+
+
+@pytest.fixture(scope="module")
+def photo_runs(takes, weights, tmp_path_factory) -> dict[str, np.ndarray]:
+    folder = tmp_path_factory.mktemp("photo-runs")
+    return {name: animate(media("photo_ref.png"), take, folder / f"{name}.mp4", weights) for name, take in takes.items()}
+
+
+@pytest.fixture(scope="module")
+def photo_face(detector) -> tuple[int, int, int, int]:
+    return inner_box(detect_face(load_image(media("photo_ref.png")), detector))
+
+
+def test_a_different_take_gives_a_different_video_and_the_same_take_the_same(photo_runs, photo_face):
+    assert np.array_equal(photo_runs["a"], photo_runs["a again"]), "the same take and seed give the same video"
+    change = region_change(photo_runs["a"], photo_runs["b"], photo_face)
+    assert change.mean() > TAKES_DIFFER, change
+    assert (change > TAKES_DIFFER / 3).all(), f"every frame follows its take: {change}"
+
+
+def test_each_driving_frame_reaches_its_own_output_frame(photo_runs, photo_face):
+    change = region_change(photo_runs["a"], photo_runs["a marked"], photo_face)
+    assert change.argmax() == MARKED, f"the marked driving frame shows at frame {change.argmax()}, not {MARKED}: {change}"
+    assert change[MARKED] > FRAME_CHANGED, change
+    others = np.delete(change, MARKED)
+    assert change[MARKED] > MARK_OVER_OTHERS * others.max(), f"the mark shows in one frame: {change}"
+
+
+def test_the_sound_is_the_first_driving_videos_or_the_named_one(takes, weights, tmp_path):
+    # Two faces driven by two videos with different tones; the sound follows the first driver.
+    portrait = two_face_portrait(tmp_path / "two.png")
+    drive = ["--drive", f"0={takes['a']}", f"1={takes['b']}"]
+    animate(portrait, None, tmp_path / "first.mp4", weights, *drive)
+    assert dominant_frequency(tmp_path / "first.mp4") == pytest.approx(440, abs=5)
+    animate(portrait, None, tmp_path / "named.mp4", weights, *drive, "--audio-from", str(takes["b"]))
+    assert dominant_frequency(tmp_path / "named.mp4") == pytest.approx(660, abs=5)
+
+
+@pytest.fixture(scope="module")
+def two_faces(detector, weights, tmp_path_factory) -> dict:
+    """The two-face portrait animated with both performers, and each face alone with each performer."""
+    folder = tmp_path_factory.mktemp("two-faces")
+    portrait = two_face_portrait(folder / "two_faces.png")
+    take = two_performer_take(folder / "two_performers.mp4", 8)
+    runs = {"both": animate(portrait, take, folder / "both.mp4", weights, "--faces", "all", "--performer", "each")}
+    for face in (0, 1):
+        for performer in (0, 1):
+            out = folder / f"face{face}_performer{performer}.mp4"
+            runs[face, performer] = animate(portrait, take, out, weights, "--faces", str(face), "--performer", str(performer))
+    faces = detect_faces(load_image(portrait), detector)  # numbered left to right, as the command line numbers them
+    return {"runs": runs, "boxes": [inner_box(FaceBox(*face[:5].tolist())) for face in faces]}
+
+
+@pytest.mark.parametrize("face", [0, 1])
+def test_performer_i_drives_face_i(two_faces, face):
+    runs, box = two_faces["runs"], two_faces["boxes"][face]
+    own = region_change(runs["both"], runs[face, face], box)
+    other = region_change(runs["both"], runs[face, 1 - face], box)
+    print(f"face {face}: own performer's run {own.mean():.2f} levels away, the other's {other.mean():.2f}")
+    assert own.mean() < SAME_FACE, f"face {face} is its own performer's run: {own}"
+    assert other.mean() > TAKES_DIFFER, f"face {face} is not the other performer's run: {other}"
