@@ -9,7 +9,8 @@ Models (all random, written once per session):
 * a full-size random CLIP ViT-L/14 vision tower in fp16 (transformers naming, which ComfyUI's
   core CLIP vision loader detects as ViT-L; a smaller model is not detected);
 * a full-size random SVD temporal VAE in diffusers layout (ComfyUI builds its temporal VAE at
-  the fixed SVD size), loaded through the pack's VAE loader, which renames its keys.
+  the fixed SVD size), loaded through the pack's VAE loader, which renames its keys; its decoder
+  is sharpened as the tiny weights' is (full contrast, frame k decoded mostly from latent k).
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def write_svd_vae_diffusers(path: Path, seed: int = 0) -> Path:
     vae = AutoencoderKLTemporalDecoder(
         block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4, layers_per_block=2
     )
+    tiny_weights.sharpen_temporal_decoder_(vae)  # so that the driving take shows in the frames
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.half().contiguous() for k, v in vae.state_dict().items()}, str(path))
     return path

@@ -126,6 +126,31 @@ def dominant_frequency(path: Path) -> float:
     return float(np.fft.rfftfreq(len(samples), 1 / rate)[spectrum.argmax()])
 
 
+# What the calibrated tiny weights show, in levels (0..255) of the face region at 64 px and 2 steps
+# (measured on the shared media): a different take moves it by about 24 on average; a driving face
+# mirrored in one frame moves that output frame by ~20, its two neighbours by ~6 (the VAE decoder
+# mixes neighbouring frames) and the others by 1-5 (the smoothed face track moves their crops by a
+# pixel or so).
+TAKES_DIFFER = 10.0
+FRAME_CHANGED = 8.0
+MARK_OVER_OTHERS = 2.0  # the marked frame changes at least this many times more than any other
+
+
+def inner_face_box(face, shrink: float = 0.15) -> tuple[int, int, int, int]:
+    """The middle of a :class:`~xportrait2_core.media.crops.FaceBox` as (left, top, right, bottom):
+    what the head blend replaces, whatever the neighbouring faces do."""
+    dx, dy = face.width * shrink, face.height * shrink
+    return round(face.left + dx), round(face.top + dy), round(face.right - dx), round(face.bottom - dy)
+
+
+def assert_marked_frame_shows_alone(change: np.ndarray, marked: int) -> None:
+    """``change`` per output frame between a take and the same take with frame ``marked`` mirrored:
+    the mark shows in its own frame, clearly more than anywhere else."""
+    assert change.argmax() == marked, f"the marked driving frame shows at frame {change.argmax()}, not {marked}: {change}"
+    assert change[marked] > FRAME_CHANGED, change
+    assert change[marked] > MARK_OVER_OTHERS * np.delete(change, marked).max(), f"the mark shows in one frame: {change}"
+
+
 def region_change(a: np.ndarray, b: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     """Per frame, the mean absolute difference in levels between two ``(F, H, W, 3)`` uint8 videos
     inside ``box`` (left, top, right, bottom)."""

@@ -3,8 +3,10 @@ Motion Encode (driving VIDEO) -> ... -> Decode to VIDEO -> Save Video) over HTTP
 
 Checked: the shipped long-take workflow keeps the take's frame count, exact rational frame rate
 and audio (copied packets, trimmed); per-stage progress in frames; the same seed gives the IMAGE
-path's latents and frames; Cancel while writing leaves no file; bad takes fail clearly and the
-server goes on; a full disk while writing fails clearly and leaves no partial file.
+path's latents and frames; on both paths a different driving take gives different frames, the same
+take the same frames, and each driving frame reaches its own output frame; Cancel while writing
+leaves no file; bad takes fail clearly and the server goes on; a full disk while writing fails
+clearly and leaves no partial file.
 """
 
 from __future__ import annotations
@@ -36,7 +38,17 @@ from harness.comfyui_pack import (
     with_input,
     write_inputs,
 )
-from harness.media import psnr, write_driving_clip
+from harness.media import (
+    TAKES_DIFFER,
+    assert_marked_frame_shows_alone,
+    inner_face_box,
+    media,
+    psnr,
+    region_change,
+    write_driving_clip,
+)
+from xportrait2_core.media.face_detector import FaceDetectorRunner, detect_face
+from xportrait2_core.media.images import load_image
 from xportrait2_core.media.video_writer import VideoWriter
 
 LONG_TAKE = "Portrait video - long take"
@@ -49,6 +61,10 @@ NO_FACE_TAKE = "take_no_face.mp4"
 SOUND_ONLY = "sound_only.mp4"
 CORRUPT = "corrupt.mp4"
 TEMP_FOLDER = "xportrait2"
+# Four takes for the driving-path proofs: a, the same take under another name (not cached), another
+# real take, and a with its frame MARKED's face mirrored (lossless, so only that frame differs).
+DRIVING_TAKES = {"a": "take_a.mp4", "a again": "take_a_again.mp4", "b": "take_b.mp4", "a marked": "take_a_marked.mp4"}
+MARKED = 5
 MEASUREMENTS: dict[str, object] = {}
 
 
@@ -68,6 +84,10 @@ def write_take_inputs(input_dir: Path) -> None:
     write_driving_clip(input_dir / FACE_LOST_TAKE, FACE_LOST_FRAMES, faceless=range(6, 14))
     write_driving_clip(input_dir / NO_FACE_TAKE, 6, faceless=range(6))
     write_sound_only(input_dir / SOUND_ONLY)
+    for name, file in DRIVING_TAKES.items():
+        source = media("driving_230f.mp4") if name == "b" else None
+        marked = [MARKED] if name == "a marked" else []
+        write_driving_clip(input_dir / file, TEST_FRAMES, source=source, fps=Fraction(25), lossless=True, mirrored=marked)
     (input_dir / CORRUPT).write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
 
 
@@ -230,6 +250,34 @@ def frames_as_get_video_components_decodes(path: Path, comfyui: Path) -> np.ndar
                 for frame in container.decode(video=0)
             ]
     return np.stack(decoded).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def driving_runs(server) -> dict[tuple[str, str], np.ndarray]:
+    """The frames each driving take gives, on the IMAGE path (the photo-to-video workflow: Load Video
+    -> Get Video Components -> Face Track & Crop -> ... -> Temporal Decode: the animated crops) and
+    on the VIDEO path (the long-take workflow's MP4, pasted back into the photo)."""
+    runs = {}
+    for take, file in DRIVING_TAKES.items():
+        image_workflow = with_input(api_workflow(PHOTO_TO_VIDEO), "LoadVideo", file=file)
+        # The frames our nodes made, before core Save Video's lossy H.264 of a 64 px clip (whose
+        # coding noise moves with the content of the whole clip).
+        runs["IMAGE", take] = server.saved_images(server.run_ok(_with_raw_outputs(image_workflow, "XPortrait2TemporalDecode")), "901")
+        runs["VIDEO", take] = video_frames(saved_video(server, server.run_ok(long_take(file))))
+    return runs
+
+
+@pytest.mark.parametrize("path", ["IMAGE", "VIDEO"])
+def test_the_driving_take_reaches_its_own_frames(driving_runs, path):
+    if path == "IMAGE":  # the animated crops themselves
+        face = (0, 0, TEST_SIZE, TEST_SIZE)
+    else:  # pasted back into the photo
+        face = inner_face_box(detect_face(load_image(media(PHOTO)), FaceDetectorRunner.from_weights(media("yunet_final.pth"))))
+    assert np.array_equal(driving_runs[path, "a"], driving_runs[path, "a again"]), "the same take gives the same frames"
+    change = region_change(driving_runs[path, "a"], driving_runs[path, "b"], face)
+    MEASUREMENTS[f"{path}_path_take_change_levels"] = round(float(change.mean()), 1)
+    assert change.mean() > TAKES_DIFFER and (change > TAKES_DIFFER / 3).all(), change
+    assert_marked_frame_shows_alone(region_change(driving_runs[path, "a"], driving_runs[path, "a marked"], face), MARKED)
 
 
 def test_cancel_while_writing_leaves_no_file_then_a_run_succeeds(server):

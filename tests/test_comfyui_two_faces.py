@@ -1,7 +1,9 @@
 """Several faces inside a real ComfyUI: the shipped "Portrait video - two faces" workflow (one
 portrait with two people, one branch per face, chained Paste Back, one MP4) and the long-take
 VIDEO path with two faces (chained Decode to VIDEO), on the shared media composed side by side;
-bad face and performer indices fail clearly and the server goes on."""
+on both paths performer i drives face i (each face of the two-face result matches the one-face
+result driven by its own performer, not by the other); bad face and performer indices fail clearly
+and the server goes on."""
 
 from __future__ import annotations
 
@@ -20,8 +22,9 @@ from harness.comfyui_pack import (
     with_input,
     write_inputs,
 )
-from harness.media import media
+from harness.media import TAKES_DIFFER, inner_face_box, media, region_change
 from harness.multi_face_media import TWO_FACE_PORTRAIT, TWO_PERFORMER_TAKE, two_face_portrait, two_performer_take
+from xportrait2_core.media.crops import FaceBox
 from xportrait2_core.media.face_blend import HEAD, blend_weights, face_regions
 from xportrait2_core.media.face_detector import FaceDetectorRunner, detect_faces
 from xportrait2_core.media.images import load_image
@@ -33,6 +36,7 @@ PHOTO_TO_VIDEO = "Portrait to animated video"
 PORTRAIT = TWO_FACE_PORTRAIT
 TAKE = TWO_PERFORMER_TAKE
 TAKE_FRAMES = 8
+SAME_FACE = 3.0  # levels: the same face's pixels in two results (the IMAGE path's are equal; MP4s differ by coding noise)
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +129,69 @@ def two_face_long_take() -> dict:
 def test_long_take_path_with_two_faces(server):
     history = server.run_ok(two_face_long_take(), timeout=1500)
     check_two_animated_faces(server, saved_mp4(server, history))
+
+
+def chained_branches(workflow: dict, kinds: tuple[str, str, str]) -> dict[str, dict[int, str]]:
+    """Per node kind (source crop, driving track, the node that chains the faces), its node id in
+    the branch of face 0 and of face 1 (the second branch is the one chained onto the first)."""
+    crop, track, chain = kinds
+    chain_ids = nodes_of_type(workflow, chain)
+    second = next(n for n in chain_ids if any(isinstance(v, list) and v[0] in chain_ids for v in workflow[n]["inputs"].values()))
+    first = next(n for n in chain_ids if n != second)
+    branches = {}
+    for kind in (crop, track):
+        ids = nodes_of_type(workflow, kind)
+        by_face = {workflow[n]["inputs"].get("face_index", workflow[n]["inputs"].get("performer")): n for n in ids}
+        branches[kind] = {0: by_face[0], 1: by_face[1]}
+    branches[chain] = {0: first, 1: second}
+    return branches
+
+
+def one_face_variants(workflow: dict, kinds: tuple[str, str, str], save) -> dict:
+    """The two-face workflow, and per (face, performer) the one-face result: the chain's output of
+    that face's branch alone (face 1's branch unchained), driven by that performer."""
+    crop, track, chain = kinds
+    nodes = chained_branches(workflow, kinds)
+    link = next(name for name, value in workflow[nodes[chain][1]]["inputs"].items()
+                if isinstance(value, list) and value[0] == nodes[chain][0])
+    variants = {"both": save(copy.deepcopy(workflow), nodes[chain][1])}
+    for face in (0, 1):
+        for performer in (0, 1):
+            variant = copy.deepcopy(workflow)
+            variant[nodes[track][face]]["inputs"]["performer"] = performer
+            variant[nodes[chain][1]]["inputs"].pop(link)
+            variants[face, performer] = save(variant, nodes[chain][face])
+    return variants
+
+
+def save_frames(workflow: dict, node_id: str) -> dict:
+    workflow["990"] = {"class_type": "SaveImage", "inputs": {"images": [node_id, 0], "filename_prefix": "performers/frame"}}
+    return workflow
+
+
+def save_video(workflow: dict, node_id: str) -> dict:
+    for save in nodes_of_type(workflow, "SaveVideo"):
+        workflow[save]["inputs"]["video"] = [node_id, 0]
+    return workflow
+
+
+@pytest.mark.parametrize("path", ["IMAGE", "VIDEO"])
+def test_performer_i_drives_face_i(server, path):
+    if path == "IMAGE":
+        kinds = ("XPortrait2SourceFaceCrop", "XPortrait2DrivingFaceTrack", "XPortrait2PasteBack")
+        variants = one_face_variants(composed(api_workflow(TWO_FACES, seed=2)), kinds, save_frames)
+        results = {key: server.saved_images(server.run_ok(workflow), "990") for key, workflow in variants.items()}
+    else:
+        kinds = ("XPortrait2SourceFaceCrop", "XPortrait2DrivingVideoTrack", "XPortrait2DecodeToVideo")
+        variants = one_face_variants(two_face_long_take(), kinds, save_video)
+        results = {key: video_frames(saved_mp4(server, server.run_ok(workflow, timeout=1500))) for key, workflow in variants.items()}
+    faces = detect_faces(load_image(server.workdir / "input" / PORTRAIT), FaceDetectorRunner.from_weights(media("yunet_final.pth")))
+    for face in (0, 1):
+        box = inner_face_box(FaceBox(*faces[face, :5].tolist()))
+        own = region_change(results["both"], results[face, face], box).mean()
+        other = region_change(results["both"], results[face, 1 - face], box).mean()
+        assert own < SAME_FACE, f"face {face} is not its own performer's one-face result ({own:.2f} levels away)"
+        assert other > TAKES_DIFFER, f"face {face} is the other performer's one-face result ({other:.2f} levels away)"
 
 
 @pytest.mark.parametrize(
