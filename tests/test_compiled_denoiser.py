@@ -12,7 +12,8 @@ from torch._dynamo.utils import counters
 
 from harness.media import media
 from xportrait2_core import animate as animate_module
-from xportrait2_core.cli import build_parser, request_from_args
+from xportrait2_core.cli import build_parser
+from xportrait2_core.render_options import request_from_args
 from xportrait2_core.compiled_denoiser import compile_denoiser
 from xportrait2_core.pipeline import XPortrait2Pipeline
 from xportrait2_core.sampling import SamplingSettings

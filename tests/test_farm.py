@@ -100,7 +100,8 @@ def local_batch(weights, clip, tmp_path_factory):
 
 
 def test_manifests_and_folders_become_jobs(weights, tmp_path):
-    from xportrait2_core.cli import build_parser, request_from_args
+    from xportrait2_core.cli import build_parser
+    from xportrait2_core.render_options import request_from_args
 
     base = request_from_args(build_parser().parse_args(["batch", "x", "--weights", str(weights)]), "", "", "")
     (tmp_path / "jobs.jsonl").write_text(

@@ -151,3 +151,12 @@ def essential_comfyui_requirements(comfyui_path: Path) -> list[str]:
     without the rest, so a pack that needs one of those must ask for it itself."""
     text = (comfyui_path / "requirements.txt").read_text()
     return requirement_lines(text.partition("#non essential")[0])
+
+
+def test_the_command_line_modules_depend_one_way():
+    """``cli`` hands batch and ``animate --ray`` to ``farm_cli``; ``farm_cli`` never imports ``cli``."""
+    core = REPO_ROOT / "xportrait2_core"
+    _, farm_cli_imports = imports_of(core / "farm_cli.py")
+    _, cli_imports = imports_of(core / "cli.py")
+    assert core / "cli.py" not in farm_cli_imports
+    assert core / "farm_cli.py" in cli_imports

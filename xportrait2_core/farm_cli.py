@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .animate import AnimateRequest, animate_files, check_request, pick_device
 from .batch import FAILED, JobResult, jobs_from_folders, read_manifest, report_table, run_locally, summary, write_report
-from .cli import ProgressBars, UsageError, request_from_args
+from .render_options import ProgressBars, UsageError, request_from_args
 from .farm import FarmError, RayWindowPool, ray_cluster, run_batch_on_ray
 from .weights.loading import default_dtype
 
