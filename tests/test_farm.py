@@ -15,6 +15,7 @@ import json
 import os
 import re
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ from tests.test_cli import leftovers
 from xportrait2_core.batch import ManifestError, jobs_from_folders, read_manifest
 from xportrait2_core.cli import main as cli
 from xportrait2_core.farm import RayWindowPool, contiguous_shares, ray_cluster
+from xportrait2_core.finished_files import current_umask
 from xportrait2_core.media.video_reader import iter_frames, probe_video
 from xportrait2_core.testing.tiny_take import tiny_take
 
@@ -189,6 +191,8 @@ def test_local_batch_reports_every_job_and_a_rerun_skips_the_finished(local_batc
     assert "2 jobs: 1 done, 0 skipped, 1 failed" in printed
     assert "sampling" in bars and "jobs" in bars  # the job bar and the current job's stage bars
     assert leftovers(folder) == ["a.mp4", "corrupt.mp4", "jobs.csv", "jobs.report.json"]
+    for written in ("a.mp4", "jobs.report.json"):  # readable as the umask says, not only by their owner
+        assert stat.S_IMODE((folder / written).stat().st_mode) == 0o666 & ~current_umask(), written
     finished = (folder / "a.mp4").stat().st_mtime_ns
 
     code, printed, _ = run_in_process(arguments)

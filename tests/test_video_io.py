@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -16,6 +18,8 @@ import pytest
 import torch
 
 from harness.media import media, psnr, write_clip_with_audio
+from xportrait2_core.batch import write_report
+from xportrait2_core.finished_files import current_umask
 from xportrait2_core.media.images import MediaError
 from xportrait2_core.media.video_reader import iter_frames, probe_video
 from xportrait2_core.media.video_writer import VideoWriter, exact_frame_rate, write_animation
@@ -172,7 +176,9 @@ def test_full_disk_raises_media_error_and_removes_the_partial_file(tmp_path):
         f"""
         import resource, signal, sys, torch
         sys.path.insert(0, {str(REPO_ROOT)!r})
-        from xportrait2_core.media.images import MediaError
+        from xportrait2_core.batch import write_report
+from xportrait2_core.finished_files import current_umask
+from xportrait2_core.media.images import MediaError
         from xportrait2_core.media.video_writer import VideoWriter
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
@@ -398,3 +404,17 @@ def test_an_error_making_a_chunk_reaches_the_caller_after_the_earlier_chunks_are
     with pytest.raises(RuntimeError, match="decoder failed"):
         write_animation(writer, failing())
     assert len(writer.frames) == 1
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_finished_files_get_the_mode_the_users_umask_gives(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        with VideoWriter(tmp_path / "out.mp4", 25) as writer:
+            writer.write(torch.zeros((2, 16, 16, 3), dtype=torch.uint8))
+        write_report([], tmp_path / "report.json")
+    finally:
+        os.umask(previous)
+    for name in ("out.mp4", "report.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name

@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Optional
 
 from .animate import AnimateRequest, LoadedModels, animate_files, load_all_models
 from .face_drives import parse_performer
+from .finished_files import publish
 from .media.images import VIDEO_SUFFIXES, MediaError
 from .media.portrait_faces import parse_face_selection
 from .media.video_reader import probe_video
@@ -272,7 +273,7 @@ def write_report(results: list[JobResult], path: Path) -> None:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             json.dump(document, file, indent=2)
             file.write("\n")
-        os.replace(temp, path)
+        publish(Path(temp), path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise

@@ -16,6 +16,7 @@ import av
 import numpy as np
 import torch
 
+from ..finished_files import publish
 from .images import MediaError, PathLike
 from .video_reader import VideoSource, readable_source
 
@@ -236,7 +237,7 @@ class VideoWriter:
             self._audio.mux_until(self.frames_written / self.fps)
             self._audio.close()
         self._container.close()
-        os.replace(self._temp_path, self.path)
+        publish(self._temp_path, self.path)
 
     def close(self) -> None:
         """Flush the encoder, finish the file and move it to its name."""
