@@ -12,7 +12,11 @@ in it. :func:`listening_sockets` and :func:`reachable_from_outside` check it.
 
 ``ray start --head --block`` runs in the foreground as a child of this process, every port it
 opens is a free one picked here, there is no dashboard, and stopping it ends exactly the
-processes it started (found by process id, never by name)."""
+processes it started (found by process id, never by name). It has token authentication with a
+token of its own (``token_path``, in its temporary folder), so no token file of this computer's
+history (``~/.ray/auth_token``) decides anything: while the cluster runs, this process (and what
+it starts) finds that token through ``RAY_AUTH_TOKEN_PATH``. ``authentication=False`` starts a
+cluster without, to test what the pack says of such a cluster."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import contextlib
 import ctypes
 import fcntl
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -187,13 +192,14 @@ class LoopbackRayCluster:
     address: str  # of its GCS, 127.0.0.1:port
     process: subprocess.Popen  # ``ray start --block``; its descendants are the cluster's processes
     network: LoopbackNetwork
+    token_path: Path | None  # the token it was started with (None: no authentication)
 
     def pids(self) -> list[int]:
         return [self.process.pid, *(p.pid for p in psutil.Process(self.process.pid).children(recursive=True))]
 
 
 @contextlib.contextmanager
-def loopback_ray_cluster(num_cpus: int = 2) -> Iterator[LoopbackRayCluster]:
+def loopback_ray_cluster(num_cpus: int = 2, authentication: bool = True) -> Iterator[LoopbackRayCluster]:
     """Start a one-node Ray on 127.0.0.1, in a loopback-only network namespace that this thread
     enters until the end (see the module's notes), with ``num_cpus`` CPU slots and no GPU."""
     # Ports free outside as well, so that nothing there answers on them (see reachable_from_outside).
@@ -216,6 +222,14 @@ def loopback_ray_cluster(num_cpus: int = 2) -> Iterator[LoopbackRayCluster]:
         # A busy machine can be slow to register the raylet: the wait Ray suggests raising for that.
         environment = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_raylet_start_wait_time_s="120",
                            PYTHONUNBUFFERED="1")  # the log is read for "Ray runtime started" while it runs
+        environment.pop("RAY_AUTH_TOKEN", None)
+        token_path = temp_dir / "auth_token" if authentication else None
+        if token_path is not None:
+            token_path.write_text(secrets.token_hex(32))
+            environment.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
+        else:
+            environment["RAY_AUTH_MODE"] = "disabled"
+            environment.pop("RAY_AUTH_TOKEN_PATH", None)
         try:
             for attempt in range(1, START_ATTEMPTS + 1):
                 with log.open("w") as output:
@@ -228,9 +242,16 @@ def loopback_ray_cluster(num_cpus: int = 2) -> Iterator[LoopbackRayCluster]:
                     # `ray start` gives its raylet a fixed 30 s to register, which a busy machine can miss.
                     if attempt == START_ATTEMPTS or "timed out during startup" not in log.read_text():
                         raise
+            saved = {name: os.environ.pop(name, None) for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+            if token_path is not None:
+                os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path)
             try:
-                yield LoopbackRayCluster(address, process, network)
+                yield LoopbackRayCluster(address, process, network, token_path)
             finally:
                 stop_process_tree(process)
+                for name, value in saved.items():
+                    os.environ.pop(name, None)
+                    if value is not None:
+                        os.environ[name] = value
         finally:
             shutil.rmtree(temp_dir, ignore_errors=True)

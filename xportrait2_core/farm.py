@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
+from . import ray_auth
 from .animate import AnimateRequest, load_all_models, pick_device
 from .batch import FAILED, BatchJob, JobResult, ResultCallback, finished_result, one_line, refused_result, run_job
 from .compiled_denoiser import compile_denoiser
@@ -38,6 +40,7 @@ from .weights.loading import WeightFiles, load_denoiser
 INSTALL_HINT = "Ray is not installed: pip install 'comfyui-xportrait2[farm]' (or pip install '.[farm]' in a checkout)"
 DEFAULT_ATTEMPTS = 3
 STOP_TIMEOUT = 30.0  # seconds to wait for killed workers to be gone
+MINIMUM_RAY = (2, 52)  # the first release with token authentication
 
 
 class FarmError(RuntimeError):
@@ -49,28 +52,51 @@ def import_ray():
         import ray
     except ImportError:
         raise FarmError(INSTALL_HINT) from None
+    version = tuple(int(part) for part in ray.__version__.split(".")[:2] if part.isdigit())
+    if version < MINIMUM_RAY:
+        raise FarmError(
+            f"Ray {ray.__version__} has no token authentication, which xportrait2 needs (a Ray cluster runs any code "
+            f"that reaches it): pip install 'ray>={'.'.join(map(str, MINIMUM_RAY))}'"
+        )
     return ray
 
 
 @contextlib.contextmanager
 def ray_cluster(address: Optional[str]) -> Iterator:
     """Ray connected to ``address`` ("auto", "host:port"), or to a new single-machine Ray on this
-    computer's loopback address when None; shut down again only if this call connected it."""
+    computer's loopback address when None, always with token authentication (:mod:`ray_auth`);
+    shut down again only if this call connected it."""
     ray = import_ray()
-    connected_here = not ray.is_initialized()
-    if connected_here:
+    if ray.is_initialized():
+        yield ray
+        return
+    saved = {name: os.environ.get(name) for name in (ray_auth.MODE, ray_auth.TOKEN_PATH)}
+    try:
         try:
+            source = ray_auth.require_token_auth(new_cluster=not address)
             if address:
                 ray.init(address=address, logging_level=logging.WARNING)
             else:
                 ray.init(include_dashboard=False, logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
-        except (ConnectionError, RuntimeError, ValueError) as error:
+        except ray_auth.RayAuthError as error:
+            raise FarmError(str(error)) from None
+        except Exception as error:
+            if ray_auth.refused(error):
+                raise FarmError(ray_auth.refusal_message(address or "this computer", source)) from None
+            if not isinstance(error, (ConnectionError, RuntimeError, ValueError)):
+                raise
             raise FarmError(f"cannot start or reach Ray at {address or 'this computer'}: {one_line(error)}") from None
-    try:
-        yield ray
-    finally:
-        if connected_here:
+        try:
+            if address:
+                ray_auth.warn_if_open(ray.get_runtime_context().gcs_address)
+            yield ray
+        finally:
             ray.shutdown()
+    finally:
+        for name, value in saved.items():  # this process's own settings come back
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
 
 
 def worker_slots(ray, requested: Optional[int]) -> tuple[int, dict]:
