@@ -1,9 +1,9 @@
 """Several faces inside a real ComfyUI: the shipped "Portrait video - two faces" workflow (one
 portrait with two people, one branch per face, chained Paste Back, one MP4) and the long-take
 VIDEO path with two faces (chained Decode to VIDEO), on the shared media composed side by side;
-on both paths performer i drives face i (each face of the two-face result matches the one-face
-result driven by its own performer, not by the other); bad face and performer indices fail clearly
-and the server goes on."""
+on both paths performer i drives face i (each face, placed by position, of the two-face result
+matches the one-face result driven by its own performer, not by the other, and performer 0 is the
+one on the left of the take); bad face and performer indices fail clearly and the server goes on."""
 
 from __future__ import annotations
 
@@ -23,7 +23,14 @@ from harness.comfyui_pack import (
     write_inputs,
 )
 from harness.media import TAKES_DIFFER, inner_face_box, media, region_change
-from harness.multi_face_media import TWO_FACE_PORTRAIT, TWO_PERFORMER_TAKE, two_face_portrait, two_performer_take
+from harness.multi_face_media import (
+    TAKES,
+    TWO_FACE_PORTRAIT,
+    TWO_PERFORMER_TAKE,
+    single_take,
+    two_face_portrait,
+    two_performer_take,
+)
 from xportrait2_core.media.crops import FaceBox
 from xportrait2_core.media.face_blend import HEAD, blend_weights, face_regions
 from xportrait2_core.media.face_detector import FaceDetectorRunner, detect_faces
@@ -37,6 +44,8 @@ PORTRAIT = TWO_FACE_PORTRAIT
 TAKE = TWO_PERFORMER_TAKE
 TAKE_FRAMES = 8
 SAME_FACE = 3.0  # levels: the same face's pixels in two results (the IMAGE path's are equal; MP4s differ by coding noise)
+PERFORMER_ALONE = "performer{}.mp4"  # each half of the two-performer take on its own
+LEFT_OVER_RIGHT = 2.0  # face 0 driven by performer 0 is this much closer to the left half's result than the right's
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +54,8 @@ def server(comfyui_path, xp2_models, tmp_path_factory):
     write_inputs(workdir / "input")
     two_face_portrait(workdir / "input" / PORTRAIT)
     two_performer_take(workdir / "input" / TAKE, TAKE_FRAMES, tone=True)
+    for performer, name in enumerate(TAKES):
+        single_take(workdir / "input" / PERFORMER_ALONE.format(performer), name, TAKE_FRAMES, tone=True)
     with PackServer(comfyui_path, workdir, xp2_models) as running:
         yield running
 
@@ -148,8 +159,9 @@ def chained_branches(workflow: dict, kinds: tuple[str, str, str]) -> dict[str, d
 
 
 def one_face_variants(workflow: dict, kinds: tuple[str, str, str], save) -> dict:
-    """The two-face workflow, and per (face, performer) the one-face result: the chain's output of
-    that face's branch alone (face 1's branch unchained), driven by that performer."""
+    """The two-face workflow; per (face, performer) the one-face result (the chain's output of that
+    face's branch alone, face 1's branch unchained) driven by that performer; and per performer
+    ("alone", performer) face 0's result driven by that performer's half of the take on its own."""
     crop, track, chain = kinds
     nodes = chained_branches(workflow, kinds)
     link = next(name for name, value in workflow[nodes[chain][1]]["inputs"].items()
@@ -161,10 +173,19 @@ def one_face_variants(workflow: dict, kinds: tuple[str, str, str], save) -> dict
             variant[nodes[track][face]]["inputs"]["performer"] = performer
             variant[nodes[chain][1]]["inputs"].pop(link)
             variants[face, performer] = save(variant, nodes[chain][face])
+    for performer in (0, 1):
+        variant = with_input(copy.deepcopy(workflow), "LoadVideo", file=PERFORMER_ALONE.format(performer))
+        variant[nodes[track][0]]["inputs"]["performer"] = 0
+        variant[nodes[chain][1]]["inputs"].pop(link)
+        variants["alone", performer] = save(variant, nodes[chain][0])
     return variants
 
 
 def save_frames(workflow: dict, node_id: str) -> dict:
+    """Save ``node_id``'s frames, and make them what the workflow's video is made of (so that nothing
+    runs a branch left out)."""
+    for create in nodes_of_type(workflow, "CreateVideo"):
+        workflow[create]["inputs"]["images"] = [node_id, 0]
     workflow["990"] = {"class_type": "SaveImage", "inputs": {"images": [node_id, 0], "filename_prefix": "performers/frame"}}
     return workflow
 
@@ -185,13 +206,18 @@ def test_performer_i_drives_face_i(server, path):
         kinds = ("XPortrait2SourceFaceCrop", "XPortrait2DrivingVideoTrack", "XPortrait2DecodeToVideo")
         variants = one_face_variants(two_face_long_take(), kinds, save_video)
         results = {key: video_frames(saved_mp4(server, server.run_ok(workflow, timeout=1500))) for key, workflow in variants.items()}
-    faces = detect_faces(load_image(server.workdir / "input" / PORTRAIT), FaceDetectorRunner.from_weights(media("yunet_final.pth")))
-    for face in (0, 1):
-        box = inner_face_box(FaceBox(*faces[face, :5].tolist()))
+    detections = detect_faces(load_image(server.workdir / "input" / PORTRAIT), FaceDetectorRunner.from_weights(media("yunet_final.pth")))
+    # Face 0 is the left one: placed by position here, not by the numbering under test.
+    boxes = [inner_face_box(face) for face in sorted(
+        (FaceBox(*row[:5].tolist()) for row in detections), key=lambda box: box.left + box.right)]
+    for face, box in enumerate(boxes):
         own = region_change(results["both"], results[face, face], box).mean()
         other = region_change(results["both"], results[face, 1 - face], box).mean()
         assert own < SAME_FACE, f"face {face} is not its own performer's one-face result ({own:.2f} levels away)"
         assert other > TAKES_DIFFER, f"face {face} is the other performer's one-face result ({other:.2f} levels away)"
+    left = region_change(results[0, 0], results["alone", 0], boxes[0]).mean()
+    right = region_change(results[0, 0], results["alone", 1], boxes[0]).mean()
+    assert right > LEFT_OVER_RIGHT * left, f"performer 0 is not the left one: {left:.1f} levels from its take, {right:.1f} from the right's"
 
 
 @pytest.mark.parametrize(

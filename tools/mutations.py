@@ -31,6 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CLI_TAKES = "tests/test_inputs_show.py::test_a_different_take_gives_a_different_video_and_the_same_take_the_same"
 CLI_ORDER = "tests/test_inputs_show.py::test_each_driving_frame_reaches_its_own_output_frame"
 CLI_PERFORMERS = "tests/test_inputs_show.py::test_performer_i_drives_face_i"
+CLI_LEFT_PERFORMER = "tests/test_inputs_show.py::test_performer_0_is_the_one_on_the_left"
 CLI_SOUND = "tests/test_inputs_show.py::test_the_sound_is_the_first_driving_videos_or_the_named_one"
 CLI_APPEARANCE = "tests/test_inputs_show.py::test_the_portraits_appearance_reaches_the_animation"
 COMFY_TAKES = "tests/test_comfyui_long_take.py::test_the_driving_take_reaches_its_own_frames"
@@ -77,7 +78,7 @@ FAULTS = (
         "xportrait2_core/media/face_track.py",
         "        return left_to_right(faces)[self._performer]\n",
         "        return left_to_right(faces).flip(0)[self._performer]\n",
-        (CLI_PERFORMERS, COMFY_PERFORMERS),
+        (CLI_PERFORMERS, CLI_LEFT_PERFORMER, COMFY_PERFORMERS),
     ),
     Fault(
         "portrait face indices swapped (numbered right to left)",
