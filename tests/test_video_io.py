@@ -176,9 +176,7 @@ def test_full_disk_raises_media_error_and_removes_the_partial_file(tmp_path):
         f"""
         import resource, signal, sys, torch
         sys.path.insert(0, {str(REPO_ROOT)!r})
-        from xportrait2_core.batch import write_report
-from xportrait2_core.finished_files import current_umask
-from xportrait2_core.media.images import MediaError
+        from xportrait2_core.media.images import MediaError
         from xportrait2_core.media.video_writer import VideoWriter
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
