@@ -116,6 +116,59 @@ def mirrored_about_face(pixels: np.ndarray) -> np.ndarray:
     return out
 
 
+def take_frames(count: int, source: Path | None = None) -> list[np.ndarray]:
+    """The first ``count`` frames of a real driving video (``driving_60f.mp4`` by default), RGB uint8."""
+    with av.open(str(source or media("driving_60f.mp4"))) as container:
+        return [frame.to_ndarray(format="rgb24") for _, frame in zip(range(count), container.decode(video=0))]
+
+
+def write_phone_take(
+    target: Path,
+    pictures: list[np.ndarray],
+    fps: Fraction = Fraction(25),
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    rotation: int = 0,
+    audio: str | None = None,
+    starts: list[Fraction] | None = None,
+    lossless: bool = False,
+) -> Path:
+    """``pictures`` (upright, as a viewer should show them) written the ways phones write video:
+    ``rotation`` (a multiple of 90): the pictures are stored turned and the container's display
+    matrix turns them back; another ``codec``/``pix_fmt`` (10-bit, HEVC, 4:4:4 for odd sizes);
+    ``audio`` "before" or "after": a 440 Hz tone stream stored before or after the video stream;
+    ``starts``: each frame's time in seconds (variable frame rate)."""
+    quarter_turns = rotation // 90 % 4
+    with av.open(str(target), "w") as output:
+        tone = output.add_stream("aac", rate=44100) if audio == "before" else None
+        options = {"qp": "0"} if lossless and codec == "libx264" else {}
+        video = output.add_stream(codec, rate=fps, options=options)
+        stored = [np.ascontiguousarray(np.rot90(picture, k=quarter_turns)) for picture in pictures]
+        video.height, video.width = stored[0].shape[:2]
+        video.pix_fmt = pix_fmt
+        if quarter_turns:
+            video.set_display_rotation(-90 * quarter_turns)
+        if starts is not None:
+            video.codec_context.time_base = Fraction(1, 1000)
+        if audio == "after":
+            tone = output.add_stream("aac", rate=44100)
+        if tone is not None:
+            tone.layout = "mono"
+        for index, picture in enumerate(stored):
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            if starts is None:
+                frame.pts = index
+            else:
+                frame.pts, frame.time_base = round(starts[index] * 1000), Fraction(1, 1000)
+            output.mux(video.encode(frame))
+        output.mux(video.encode())
+        if tone is not None:
+            seconds = float(starts[-1] + 1 / fps) if starts is not None else len(pictures) / float(fps)
+            output.mux(tone.encode(_tone(seconds, 44100)))
+            output.mux(tone.encode())
+    return target
+
+
 def dominant_frequency(path: Path) -> float:
     """The strongest frequency (Hz) of a file's first audio stream."""
     with av.open(str(path)) as container:

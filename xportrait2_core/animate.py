@@ -9,6 +9,7 @@ chunk. The output file appears only when it is complete.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,8 @@ def check_request(request: AnimateRequest) -> None:
         raise MediaError(f"{request.output} already exists; pass --overwrite to replace it")
     if not request.output.parent.is_dir():
         raise MediaError(f"cannot write {request.output}: folder {request.output.parent} does not exist")
+    if not os.access(request.output.parent, os.W_OK):
+        raise MediaError(f"cannot write {request.output}: folder {request.output.parent} is read-only")
     if request.size % 64 or request.size < 64:
         raise MediaError(f"--size must be a multiple of 64, got {request.size}")
     if request.max_frames is not None and request.max_frames < 2:

@@ -182,7 +182,10 @@ class VideoWriter:
         self._container = av.open(str(self._temp_path), mode="w")
         self._stream = self._container.add_stream("libx264", rate=self.fps)
         self._stream.pix_fmt = "yuv420p"
-        self._stream.options = {"crf": str(crf), "preset": preset}
+        # No macroblock tree: with it x264 encoded the same frames into different files from one
+        # run to the next (seen on 64 px frames, depending on what else lay in memory), and a video
+        # must depend on its frames alone; at crf 12 the quality it adds is not visible.
+        self._stream.options = {"crf": str(crf), "preset": preset, "x264-params": "mbtree=0"}
         if audio_from is not None:
             self._audio = _audio_remuxer(audio_from, self._container)
 
