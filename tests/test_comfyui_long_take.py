@@ -45,7 +45,9 @@ from harness.media import (
     media,
     psnr,
     region_change,
+    take_frames,
     write_driving_clip,
+    write_phone_take,
 )
 from xportrait2_core.media.face_detector import FaceDetectorRunner, detect_face
 from xportrait2_core.media.images import load_image
@@ -67,6 +69,15 @@ DRIVING_TAKES = {"a": "take_a.mp4", "a again": "take_a_again.mp4", "b": "take_b.
 MARKED = 5
 TWO_CHUNK_TAKE = "take_20f.mp4"  # the driving VIDEO is read in two chunks of up to 16 frames
 TWO_CHUNK_FRAMES = 20
+# Takes as phones write them (448 x 512 pictures, upright when shown); the upright and the turned
+# one are lossless 4:4:4, so that both decode to the same pictures.
+PHONE_TAKES = {
+    "upright": dict(pix_fmt="yuv444p", lossless=True),
+    "rotated 90": dict(rotation=90, pix_fmt="yuv444p", lossless=True),
+    "10-bit HEVC": dict(codec="libx265", pix_fmt="yuv420p10le"),
+    "721x1279": dict(pix_fmt="yuv444p", size=(721, 1279)),
+    "sound first": dict(audio="before"),
+}
 MEASUREMENTS: dict[str, object] = {}
 
 
@@ -87,6 +98,12 @@ def write_take_inputs(input_dir: Path) -> None:
     write_driving_clip(input_dir / NO_FACE_TAKE, 6, faceless=range(6))
     write_sound_only(input_dir / SOUND_ONLY)
     write_driving_clip(input_dir / TWO_CHUNK_TAKE, TWO_CHUNK_FRAMES, fps=Fraction(25))
+    pictures = [np.ascontiguousarray(picture[:, 32:480]) for picture in take_frames(TEST_FRAMES)]
+    for name, options in PHONE_TAKES.items():
+        options = dict(options)
+        size = options.pop("size", None)
+        shown = [np.asarray(Image.fromarray(p).resize(size)) for p in pictures] if size else pictures
+        write_phone_take(input_dir / phone_file(name), shown, **options)
     for name, file in DRIVING_TAKES.items():
         source = media("driving_230f.mp4") if name == "b" else None
         marked = [MARKED] if name == "a marked" else []
@@ -101,6 +118,10 @@ def server(comfyui_path, xp2_models, tmp_path_factory):
     with PackServer(comfyui_path, workdir, xp2_models) as running:
         yield running
     print("\nlong-take e2e measurements:", json.dumps(MEASUREMENTS, indent=1))
+
+
+def phone_file(name: str) -> str:
+    return "phone_" + name.replace(" ", "_") + ".mp4"
 
 
 def long_take(take: str = DRIVING_CLIP, seed: int = 0, paste_back: bool = True) -> dict:
@@ -281,6 +302,28 @@ def test_the_driving_take_reaches_its_own_frames(driving_runs, path):
     MEASUREMENTS[f"{path}_path_take_change_levels"] = round(float(change.mean()), 1)
     assert change.mean() > TAKES_DIFFER and (change > TAKES_DIFFER / 3).all(), change
     assert_marked_frame_shows_alone(region_change(driving_runs[path, "a"], driving_runs[path, "a marked"], face), MARKED)
+
+
+def test_phone_takes_on_the_video_path_and_what_core_does_with_a_turned_one(server):
+    """Every phone-style take animates through the VIDEO path (the turned one exactly as the upright
+    one) and the server goes on. Core Get Video Components (the IMAGE path) turns frames upright
+    from v0.33 on; v0.3.64 hands them over as stored, sideways (the README sends those users to
+    the VIDEO path)."""
+    results = {name: video_frames(saved_video(server, server.run_ok(long_take(phone_file(name)))))
+               for name in PHONE_TAKES}
+    assert all(frames.shape == (TEST_FRAMES, 512, 512, 3) for frames in results.values())
+    assert np.array_equal(results["rotated 90"], results["upright"])
+    image_path = {}
+    for name in ("upright", "rotated 90"):
+        workflow = with_input(api_workflow(PHOTO_TO_VIDEO), "LoadVideo", file=phone_file(name))
+        history = server.run(_with_raw_outputs(workflow, "XPortrait2TemporalDecode"))
+        ok = history["status"]["status_str"] == "success"
+        image_path[name] = server.saved_images(history, "901") if ok else error_message(history)
+    assert isinstance(image_path["upright"], np.ndarray), image_path["upright"]
+    turned_upright = np.array_equal(image_path["rotated 90"], image_path["upright"])  # False for an error too
+    major_minor = tuple(int(part) for part in comfyui_version(server.comfyui).split(".")[:2])
+    assert turned_upright == (major_minor >= (0, 33)), f"core's IMAGE path on {comfyui_version(server.comfyui)}"
+    assert "XPortrait2DecodeToVideo" in server.get_json("/object_info/XPortrait2DecodeToVideo")
 
 
 def test_cancel_while_writing_leaves_no_file_then_a_run_succeeds(server):
