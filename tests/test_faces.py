@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from harness.media import media
-from xportrait2_core.media.crops import CropBox, FaceBox
+from xportrait2_core.media.crops import CropBox, FaceBox, frames_to_images
 from xportrait2_core.media.face_detector import (
     YUNET_FILE_NAME,
     YUNET_URLS,
@@ -391,3 +391,17 @@ def test_paste_back_takes_chunks_and_upscaled_crops(scene):
     assert torch.equal(pasted[0], paste_back(picture, reference, box))
     from_upscaled = paste_back(picture, upscaled[0], box)
     assert (from_upscaled - pasted[0]).abs().mean() < 0.005
+
+
+def test_a_face_in_a_4k_frame_is_found_where_it_is(detector):
+    """A 4K frame is averaged down before the detector's own anti-aliased resize (never blurred at
+    full size): the face is found where the full-size resize finds it, in the frame's pixels."""
+    photo = (load_image(media("photo_ref.png"))[None] * 255).round()
+    face = torch.nn.functional.interpolate(photo, size=(1024, 1024), mode="bilinear", antialias=True)[0]
+    frame = torch.full((2160, 3840, 3), 90, dtype=torch.uint8)
+    frame[568:1592, 1408:2432] = face.permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8)
+    full_size_resize = detector._detect_batch(frames_to_images(frame))[0]
+    found = detector.detect_in_frames(frame[None])[0]
+    assert len(found) == len(full_size_resize) == 1
+    assert (found[0, :4] - full_size_resize[0, :4]).abs().max() < 0.01 * 1024, (found, full_size_resize)
+    assert 1408 < found[0, 0] < found[0, 2] < 2432 and 568 < found[0, 3] < 1592

@@ -93,8 +93,8 @@ class ScriptedDetector:
     def __init__(self, frames: list[torch.Tensor]) -> None:
         self._frames = iter(frames)
 
-    def detect(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return [next(self._frames) for _ in images]
+    def detect_in_frames(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        return [next(self._frames) for _ in frames]
 
 
 def face_at(x: float, y: float, side: float) -> list[float]:

@@ -59,11 +59,10 @@ FAULTS = (
     Fault(
         "driving frames read one frame late",
         "xportrait2_core/media/face_track.py",
-        "        images = frames_to_images(chunk)\n        end = start + len(images)\n",
-        "        images = frames_to_images(chunk)\n"
-        "        late = torch.cat([images[:1] if start == 0 else previous, images[:-1]])\n"
-        "        previous, images = images[-1:], late\n"
-        "        end = start + len(images)\n",
+        "        boxes = plan.crop_boxes[start:end].tolist()\n",
+        "        boxes = plan.crop_boxes[start:end].tolist()\n"
+        "        late = torch.cat([chunk[:1] if start == 0 else previous, chunk[:-1]])\n"
+        "        previous, chunk = chunk[-1:], late\n",
         (CLI_ORDER, COMFY_TAKES),
     ),
     Fault(

@@ -89,13 +89,19 @@ def resize_like_skimage(images: torch.Tensor, size: tuple[int, int]) -> torch.Te
     return kornia_resize(images, size, interpolation="bilinear", antialias=True).clamp(0.0, 1.0)
 
 
-def frames_to_images(frames: torch.Tensor) -> torch.Tensor:
-    """Channels-last frames ``(N, H, W, 3)`` or one frame ``(H, W, 3)`` (uint8, or float in ``[0, 1]``
-    like ComfyUI's IMAGE) as float32 images ``(N, 3, H, W)`` in ``[0, 1]``."""
+def frame_batch(frames: torch.Tensor) -> torch.Tensor:
+    """Channels-last frames ``(N, H, W, 3)``, given so or as one frame ``(H, W, 3)``."""
     if frames.ndim == 3:
         frames = frames.unsqueeze(0)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise MediaError(f"frames must be (N, H, W, 3) RGB, got shape {tuple(frames.shape)}")
+    return frames
+
+
+def frames_to_images(frames: torch.Tensor) -> torch.Tensor:
+    """Channels-last frames ``(N, H, W, 3)`` or one frame ``(H, W, 3)`` (uint8, or float in ``[0, 1]``
+    like ComfyUI's IMAGE) as float32 images ``(N, 3, H, W)`` in ``[0, 1]``."""
+    frames = frame_batch(frames)
     images = rearrange(frames, "n h w c -> n c h w").float()
     return images / 255.0 if frames.dtype == torch.uint8 else images
 

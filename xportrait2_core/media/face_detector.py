@@ -9,10 +9,11 @@ from pathlib import Path
 
 import kornia.contrib.face_detection as kornia_faces
 import torch
+import torch.nn.functional as F
 from kornia.geometry.transform import resize as kornia_resize
 
 from ..weights.checkpoint import CheckpointError, read_state_dict
-from .crops import FaceBox
+from .crops import FaceBox, frame_batch, frames_to_images
 from .images import MediaError, PathLike
 
 YUNET_FILE_NAME = "yunet_final.pth"
@@ -131,12 +132,24 @@ class FaceDetectorRunner:
         scale = min(1.0, self.long_side / max(height, width))
         return max(1, round(height * scale)), max(1, round(width * scale))
 
-    @torch.inference_mode()
-    def _detect_batch(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def _pre_reduced(self, images: torch.Tensor) -> torch.Tensor:
+        """Images more than twice the detection size averaged over k x k pixels first (k whole), so
+        that the anti-aliased resize below never blurs a full 4K frame; at most twice the detection
+        size they are left as they are (the shared media and anything up to 1280 px)."""
         height, width = images.shape[-2:]
-        size = self._detection_size(height, width)
+        factor = max(height, width) // (2 * self.long_side)
+        images = images.to(device=self.device, dtype=self.dtype)
+        return F.avg_pool2d(images, factor, ceil_mode=True) if factor > 1 else images
+
+    @torch.inference_mode()
+    def _detect_batch(self, images: torch.Tensor, original_size: tuple[int, int] | None = None) -> list[torch.Tensor]:
+        """Faces of ``images`` in the pixels of ``original_size`` (what they were reduced from, if
+        they were)."""
+        height, width = original_size or images.shape[-2:]
+        reduced_height, reduced_width = images.shape[-2:]
+        size = self._detection_size(reduced_height, reduced_width)
         batch = images.to(device=self.device, dtype=self.dtype)
-        if size != (height, width):
+        if size != (reduced_height, reduced_width):
             batch = kornia_resize(batch, size, interpolation="bilinear", antialias=True)
         # YuNet was trained on pixel values in [0, 255].
         detections = self.detector(batch * 255.0)
@@ -158,11 +171,22 @@ class FaceDetectorRunner:
             raise MediaError(f"images must be (N, 3, H, W) RGB, got shape {tuple(images.shape)}")
         faces: list[torch.Tensor] = []
         for batch in images.split(self.batch_size):
-            faces.extend(self._detect_batch(batch))
+            faces.extend(self._detect_batch(self._pre_reduced(batch), tuple(batch.shape[-2:])))
         return faces
 
     def detect(self, images: torch.Tensor) -> list[torch.Tensor]:
         return [faces[:, :5].contiguous() for faces in self.detect_with_landmarks(images)]
+
+    def detect_in_frames(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        """:meth:`detect` for channels-last frames ``(N, H, W, 3)`` (uint8, or float in [0, 1]),
+        made into float images one frame at a time: a chunk of 4K frames is never held in float."""
+        frames = frame_batch(frames)
+        height, width = frames.shape[1:3]
+        small = torch.cat([self._pre_reduced(frames_to_images(frame)) for frame in frames])
+        faces: list[torch.Tensor] = []
+        for batch in small.split(self.batch_size):
+            faces.extend(found[:, :5].contiguous() for found in self._detect_batch(batch, (height, width)))
+        return faces
 
 
 def most_prominent(faces: torch.Tensor) -> torch.Tensor:

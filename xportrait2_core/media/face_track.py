@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ..models.motion_encoder import CROP_SIZE
-from .crops import FaceBox, frames_to_images, resize_like_pillow, scaled_face_square
+from .crops import FaceBox, frame_batch, frames_to_images, resize_like_pillow, scaled_face_square
 from .face_detector import FaceDetectorRunner, FaceNotFoundError, left_to_right, most_prominent
 from .images import MediaError
 
@@ -137,12 +137,11 @@ def track_face(
     missed = torch.full((5,), math.nan)
     rows: list[torch.Tensor] = []
     frame_size: tuple[int, int] | None = None
-    for chunk in frame_chunks:
-        images = frames_to_images(chunk)
-        if frame_size is not None and tuple(images.shape[-2:]) != frame_size:
-            raise MediaError(f"{name}: frame size changes from {frame_size} to {tuple(images.shape[-2:])}")
-        frame_size = tuple(images.shape[-2:])
-        for faces in detector.detect(images):
+    for chunk in map(frame_batch, frame_chunks):
+        if frame_size is not None and tuple(chunk.shape[1:3]) != frame_size:
+            raise MediaError(f"{name}: frame size changes from {frame_size} to {tuple(chunk.shape[1:3])}")
+        frame_size = tuple(chunk.shape[1:3])
+        for faces in detector.detect_in_frames(chunk):
             chosen = follower.follow(faces)
             rows.append(missed if chosen is None else chosen)
     if not rows:
@@ -241,14 +240,15 @@ def crop_driving_frames(
     """Second pass over the same frames: yields, per chunk, the face crops ``(N, 3, size, size)``
     float in ``[0, 1]`` (``size=None``: the plan's native crop size)."""
     start = 0
-    for chunk in frame_chunks:
-        images = frames_to_images(chunk)
-        end = start + len(images)
+    for chunk in map(frame_batch, frame_chunks):
+        end = start + len(chunk)
         if end > plan.frame_count:
             raise MediaError(f"more frames ({end}) than the face track covers ({plan.frame_count})")
         boxes = plan.crop_boxes[start:end].tolist()
-        crops = torch.stack(
-            [image[:, top:bottom, left:right] for image, (left, top, right, bottom) in zip(images, boxes)]
-        )
+        # Each crop is cut from the channels-last frame first, then made float: a chunk of 4K frames
+        # is never held in float.
+        crops = torch.cat([
+            frames_to_images(frame[top:bottom, left:right]) for frame, (left, top, right, bottom) in zip(chunk, boxes)
+        ])
         yield crops if size is None else resize_like_pillow(crops, (size, size))
         start = end
