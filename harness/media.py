@@ -169,6 +169,26 @@ def write_phone_take(
     return target
 
 
+def write_4k_take(target: Path, seconds: int = 30, fps: int = 60) -> Path:
+    """A 3840 x 2160 take at ``fps`` lasting ``seconds``: the first 60 frames of ``driving_60f.mp4``,
+    looped, each scaled to a 1024 px face in the middle of a grey frame (composed frame by frame,
+    so nothing near the take's size is ever held)."""
+    from PIL import Image
+
+    faces = [np.asarray(Image.fromarray(picture).resize((1024, 1024))) for picture in take_frames(60)]
+    canvas = np.full((2160, 3840, 3), 90, np.uint8)
+    with av.open(str(target), "w") as output:
+        video = output.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": "28"})
+        video.width, video.height, video.pix_fmt = 3840, 2160, "yuv420p"
+        for index in range(seconds * fps):
+            canvas[568:1592, 1408:2432] = faces[index % len(faces)]
+            frame = av.VideoFrame.from_ndarray(canvas, format="rgb24")
+            frame.pts = index
+            output.mux(video.encode(frame))
+        output.mux(video.encode())
+    return target
+
+
 def dominant_frequency(path: Path) -> float:
     """The strongest frequency (Hz) of a file's first audio stream."""
     with av.open(str(path)) as container:
@@ -232,6 +252,17 @@ def write_png_16bit(path: Path, pixels: np.ndarray) -> None:
         + _png_chunk(b"IDAT", zlib.compress(filtered))
         + _png_chunk(b"IEND", b"")
     )
+
+
+def write_decompression_bomb(path: Path, side: int = 15000) -> Path:
+    """A PNG that says it is ``side`` x ``side`` RGB and holds a few bytes of pixel data: what a
+    decompression bomb looks like to a reader that trusts the header."""
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(bytes(1024)))
+        + _png_chunk(b"IEND", b"")
+    )
+    return path
 
 
 def save_image(image: torch.Tensor, path: PathLike) -> None:

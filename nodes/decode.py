@@ -125,10 +125,10 @@ class XPortrait2DecodeToVideo(io.ComfyNode):
         if source_face is not None:
             picture = source_face.picture
             paste = FacePaste.plan(source_face.regions, source_face.index, *picture.shape[1:], blend, feather)
-            # The earlier faces' video is read a chunk at a time as well, so memory stays flat.
+            # The earlier faces' video is read a frame at a time as well, so memory stays flat.
             earlier = None
             if video_so_far is not None:
-                earlier = map(frames_to_images, iter_frames(video_so_far.get_stream_source(), chunk_size=DECODE_CHUNK))
+                earlier = map(frames_to_images, iter_frames(video_so_far.get_stream_source()))
             clips = paste_onto(picture, clips, paste, earlier)
         elif video_so_far is not None:
             raise ValueError("video_so_far needs source_face: connect the Face Crop (source) of this face")

@@ -41,7 +41,7 @@ def test_animate_whole_picture_at_the_driving_frame_rate(weights, tmp_path):
                             "--weights", str(weights), "--size", "256", *FAST)
     assert code == 0, printed
     for stage in ("detecting faces", "encoding motion", "sampling", "decoding"):
-        assert stage in printed  # a progress bar per stage
+        assert f"{stage}: 100%" in printed, stage  # a progress bar per stage, which reaches its end
     info, driving = probe_video(out), probe_video(media("driving_60f.mp4"))
     source = load_image(media("photo_ref.png"))
     assert info.frame_count == 60 == sum(1 for _ in iter_frames(out))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,10 +18,13 @@ import pytest
 import torch
 from PIL import Image
 
+from harness import REPO_ROOT
 from harness.comfyui_pack import video_frames
 from harness.media import (
     media,
     take_frames,
+    write_4k_take,
+    write_decompression_bomb,
     write_phone_take,
     write_png_16bit,
 )
@@ -145,6 +149,25 @@ def test_phone_and_odd_portraits(upright, weights, tmp_path, make):
     assert (result.width, result.height, result.frame_count) == (512, 512, FRAMES)
 
 
+def test_a_9000_pixel_square_portrait_is_animated_at_the_largest_h264_frame(upright, weights, tmp_path):
+    portrait = tmp_path / "huge.png"
+    Image.open(media("photo_ref.png")).convert("RGB").resize((9000, 9000), Image.BILINEAR).save(portrait, compress_level=1)
+    code, printed = animate(portrait, upright["take"], tmp_path / "out.mp4", weights, "--max-frames", "3")
+    assert code == 0, printed
+    assert "huge.png is 9000x9000 (81 million pixels): animated at 5970x5970, the largest frame H.264 video has" in printed
+    result = probe_video(tmp_path / "out.mp4")
+    assert (result.width, result.height, result.frame_count) == (5970, 5970, 3)
+
+
+def test_a_decompression_bomb_is_one_line(upright, weights, tmp_path):
+    portrait = write_decompression_bomb(tmp_path / "bomb.png")
+    code, printed = animate(portrait, upright["take"], tmp_path / "out.mp4", weights)
+    lines = [line for line in printed.splitlines() if line.startswith("xportrait2:")]
+    assert code == 1 and len(lines) == 1 and "Traceback" not in printed, printed
+    assert "bomb.png would decode to more than 179 million pixels" in lines[0]
+    assert os.listdir(tmp_path) == ["bomb.png"]
+
+
 def test_paths_with_spaces_and_non_ascii_characters(upright, weights, tmp_path):
     folder = tmp_path / "mes clips é"
     folder.mkdir()
@@ -186,3 +209,21 @@ def test_a_read_only_output_folder_is_one_line_before_any_work(upright, weights,
     assert code == 1 and len(lines) == 1 and "Traceback" not in printed, printed
     assert f"cannot write {folder / 'out.mp4'}: folder {folder} is read-only" in lines[0]
     assert "detecting faces" not in printed, "refused before any work"
+
+
+@pytest.mark.long_take
+def test_a_4k_take_at_60_fps_for_30_seconds(weights, tmp_path):
+    """Every frame of a 4K phone take animates, with a progress bar per stage counting all of them
+    (memory stays flat in the length: bench/memory.py measures it)."""
+    take = write_4k_take(tmp_path / "4k.mp4")
+    out = tmp_path / "out.mp4"
+    process = subprocess.run(
+        [sys.executable, "-m", "xportrait2_core.cli", "animate", str(media("photo_ref.png")), str(take), "-o", str(out),
+         "--weights", str(weights), *FAST],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    result = probe_video(out)
+    assert (result.frame_count, result.fps, result.width, result.height) == (1800, 60, 512, 512)
+    for stage in ("detecting faces", "encoding motion", "decoding"):
+        assert f"{stage}: 100%" in process.stderr and "1800/1800" in process.stderr, stage

@@ -23,7 +23,7 @@ from .media.driving_take import DrivingTake, motion_crops, track_take
 from .media.face_blend import HEAD, FacePaste, composite_faces, face_regions
 from .media.face_detector import FaceDetectorRunner, find_yunet_weights
 from .media.face_track import LARGEST_PERFORMER, DrivingCropPlan, Performer, plan_driving_crops
-from .media.images import MediaError, load_image
+from .media.images import MAX_VIDEO_PIXELS, MediaError, load_image
 from .media.portrait_faces import LARGEST, PortraitFaces, describe_faces, parse_face_selection, prepare_portrait_faces
 from .media.source_crops import REFERENCE_IMAGE_SIZE, SourcePortrait
 from .media.video_writer import VideoWriter, write_animation
@@ -192,7 +192,7 @@ def animate_files(
     """Render ``request``; ``models`` (from :func:`load_all_models` of the same weights, device and
     dtype) skips the loading, ``window_predictor`` runs the sampler's denoiser calls elsewhere."""
     check_request(request)
-    image = load_image(request.source)
+    image = load_image(request.source, max_pixels=MAX_VIDEO_PIXELS)
     device = pick_device(request.device)
     dtype = request.dtype or default_dtype(device)
     detector = models.detector if models else load_detector(request, device)

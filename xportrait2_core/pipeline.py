@@ -151,8 +151,10 @@ class XPortrait2Pipeline:
         for start in range(0, frames, chunk_size):
             chunk = latents[0, :, start : start + chunk_size].transpose(0, 1) / VAE_SCALING
             images = self.vae_decoder(chunk)
-            yield (images.float() / 2 + 0.5).clamp(0, 1)
+            # Reported before the chunk is handed on: a consumer that stops after the last frame it
+            # needs would otherwise leave the bar short of its end.
             report(progress, "decoding", min(start + chunk_size, frames), frames)
+            yield (images.float() / 2 + 0.5).clamp(0, 1)
 
     def animate(self, source: torch.Tensor, source_face: torch.Tensor, driving_faces: torch.Tensor, **kwargs) -> torch.Tensor:
         """:meth:`sample` then :meth:`decode`: frames (F, 3, H, W) in [0, 1]."""

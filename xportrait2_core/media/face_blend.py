@@ -234,19 +234,16 @@ class FacePaste:
 def composite_faces(
     picture: torch.Tensor, face_chunks: Sequence[Iterator[torch.Tensor]], pastes: Sequence[FacePaste], frames: int
 ) -> Iterator[torch.Tensor]:
-    """Full-resolution frames ``(n, 3, H, W)``, chunk by chunk, with every face added.
+    """Full-resolution frames ``(1, 3, H, W)``, one at a time, with every face added.
 
     ``face_chunks[k]`` yields face k's animated squares ``(n, 3, s, s)``; all faces are read in
-    lockstep, a chunk at a time, so memory holds about one face's chunk and the output chunk. A
-    face whose frames run out before ``frames`` holds its last frame."""
+    lockstep, so memory holds about one chunk of squares per face and one full-size frame, whatever
+    the portrait's size. A face whose frames run out before ``frames`` holds its last frame."""
     streams = [_HeldFrames(chunks) for chunks in face_chunks]
-    done = 0
-    while done < frames:
-        count = min(streams[0].available(), frames - done)
-        output = picture.expand(count, -1, -1, -1).clone()
+    for _ in range(frames):
+        output = picture.unsqueeze(0).clone()
         for stream, paste in zip(streams, pastes):
-            paste.add(output, picture, stream.take(count))
-        done += count
+            paste.add(output, picture, stream.take(1))
         yield output
 
 
@@ -290,11 +287,13 @@ def paste_onto(
 ) -> Iterator[torch.Tensor]:
     """One face added to the frames of an earlier paste (``earlier_chunks``, ``(n, 3, H, W)``,
     held at their last frame if shorter), or to the picture: chaining pastes face by face gives
-    what :func:`composite_faces` gives for all faces at once. Yields ``(n, 3, H, W)`` per crop chunk."""
+    what :func:`composite_faces` gives for all faces at once. Yields full-size frames ``(1, 3, H, W)``
+    one at a time."""
     earlier = _HeldFrames(earlier_chunks) if earlier_chunks is not None else None
     for crops in crop_chunks:
-        if earlier is None:
-            frames = picture.expand(len(crops), -1, -1, -1).clone()
-        else:
-            frames = earlier.take(len(crops)).to(picture.device, picture.dtype).clone()
-        yield paste.add(frames, picture, crops)
+        for crop in crops.split(1):
+            if earlier is None:
+                frame = picture.unsqueeze(0).clone()
+            else:
+                frame = earlier.take(1).to(picture.device, picture.dtype).clone()
+            yield paste.add(frame, picture, crop)

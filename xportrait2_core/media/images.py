@@ -8,6 +8,7 @@ opaque RGB.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
@@ -15,8 +16,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+logger = logging.getLogger(__name__)
+
 PathLike = str | Path
 Background = Literal["black", "white"]
+# The largest frame H.264 has a level for (6.2: 139,264 macroblocks of 16 x 16, e.g. 8192 x 4352):
+# the animation is written at the portrait's size, and a larger video plays almost nowhere.
+MAX_VIDEO_PIXELS = 139_264 * 256
 
 # Pillow modes holding one 16- or 32-bit integer grey channel (16-bit grey PNGs open as one of
 # these); Pillow cannot convert them to 8-bit RGB without clipping to 255, so they are scaled here.
@@ -55,6 +61,11 @@ def _open_pillow_image(path: Path) -> Image.Image:
     try:
         image = Image.open(path)
         image.load()
+    except Image.DecompressionBombError:
+        raise MediaError(
+            f"{path.name} would decode to more than {Image.MAX_IMAGE_PIXELS * 2 / 1e6:.0f} million pixels, Pillow's limit "
+            "against decompression bombs: if it is a real picture, scale it down first"
+        ) from None
     except UnidentifiedImageError as error:
         if _looks_like_video(path):
             raise MediaError(f"{path.name} is a video, not an image: give a still portrait") from error
@@ -88,20 +99,31 @@ def _pillow_to_tensor(image: Image.Image, background: Background) -> torch.Tenso
     return _composite_over(tensor, background) if target_mode == "RGBA" else tensor
 
 
-def load_image(path: PathLike, background: Background = "black") -> torch.Tensor:
+def load_image(path: PathLike, background: Background = "black", max_pixels: int | None = None) -> torch.Tensor:
     """Read a PNG/JPEG/WebP still as a ``(3, H, W)`` float32 RGB tensor in ``[0, 1]``.
 
     ``background`` is the colour transparent pixels are composited over: "black" (the default) or
     "white" (better for cut-outs drawn on white). EXIF orientation is applied, so a phone photo
     comes out upright. Grey and palette images become three equal or looked-up channels; 16-bit
-    images keep their full range (65535 -> 1.0). Anything that is not a readable still image
-    (missing, empty, a video, damaged) raises :class:`MediaError` naming the file.
+    images keep their full range (65535 -> 1.0). A picture of more than ``max_pixels`` is scaled
+    down to fit (before it becomes float), and the log says so. Anything that is not a readable
+    still image (missing, empty, a video, damaged, a decompression bomb) raises :class:`MediaError`
+    naming the file.
     """
     if background not in ("black", "white"):
         raise MediaError(f"background must be 'black' or 'white', not {background!r}")
     path = require_existing_file(path, "image")
     with _open_pillow_image(path) as image:
         upright = ImageOps.exif_transpose(image)
+        width, height = upright.size
+        if max_pixels is not None and width * height > max_pixels:
+            scale = (max_pixels / (width * height)) ** 0.5
+            size = (max(1, int(width * scale)), max(1, int(height * scale)))
+            logger.info(
+                "%s is %dx%d (%.0f million pixels): animated at %dx%d, the largest frame H.264 video has",
+                path.name, width, height, width * height / 1e6, *size,
+            )
+            upright = upright.resize(size, Image.LANCZOS, reducing_gap=3.0)
         return _pillow_to_tensor(upright, background)
 
 
