@@ -91,7 +91,7 @@ def test_a_description_that_does_not_fit_the_file_is_one_clear_error(weights, tm
     with pytest.raises(ConfigError, match="stem_width"):
         load_models(folder)
     (folder / MOTION_ENCODER_CONFIG).write_text("{not json")
-    with pytest.raises(ConfigError, match="not a readable JSON file"):
+    with pytest.raises(ConfigError, match=f"{MOTION_ENCODER_CONFIG}: not readable"):
         load_models(folder)
 
 

@@ -26,11 +26,11 @@ from .media.face_track import LARGEST_PERFORMER, DrivingCropPlan, Performer, pla
 from .media.images import MAX_VIDEO_PIXELS, MediaError, load_image
 from .media.portrait_faces import LARGEST, PortraitFaces, describe_faces, parse_face_selection, prepare_portrait_faces
 from .media.source_crops import REFERENCE_IMAGE_SIZE, SourcePortrait
-from .media.video_writer import VideoWriter, write_animation
+from .media.video_writer import WRITABLE_SUFFIXES, VideoWriter, write_animation
 from .pipeline import XPortrait2Pipeline
 from .progress import ProgressFn, progress_of_face
 from .sampling import SamplingSettings, WindowPredictorFactory
-from .weights.loading import default_dtype
+from .weights.loading import check_weight_files, default_dtype
 from .weights.standalone_models import load_clip_image_encoder, load_temporal_vae
 
 logger = logging.getLogger(__name__)
@@ -66,16 +66,26 @@ class AnimateRequest:
         return ([self.driving] if self.driving is not None else []) + list(self.more_driving)
 
 
+MAX_SIZE = 2048  # four times the official working size; a 2048 x 2048 window already needs tens of GB
+
+
 def check_request(request: AnimateRequest) -> None:
-    """Refuse what can be refused before any model is loaded."""
-    if request.output.exists() and not request.overwrite:
-        raise MediaError(f"{request.output} already exists; pass --overwrite to replace it")
-    if not request.output.parent.is_dir():
-        raise MediaError(f"cannot write {request.output}: folder {request.output.parent} does not exist")
-    if not os.access(request.output.parent, os.W_OK):
-        raise MediaError(f"cannot write {request.output}: folder {request.output.parent} is read-only")
-    if request.size % 64 or request.size < 64:
-        raise MediaError(f"--size must be a multiple of 64, got {request.size}")
+    """Refuse what can be refused before any model is loaded or any frame is read."""
+    output = request.output
+    if output.suffix.lower() not in WRITABLE_SUFFIXES:
+        raise MediaError(f"{output.name}: the output video must end in one of {', '.join(sorted(WRITABLE_SUFFIXES))}")
+    if output.exists() and not request.overwrite:
+        raise MediaError(f"{output} already exists; pass --overwrite to replace it")
+    if not output.parent.is_dir():
+        raise MediaError(f"cannot write {output}: folder {output.parent} does not exist")
+    if not os.access(output.parent, os.W_OK):
+        raise MediaError(f"cannot write {output}: folder {output.parent} is read-only")
+    inputs = [request.source, *request.driving_videos, *[item.driving for item in request.drive_mapping]]
+    inputs += [request.audio_from] if request.audio_from else []
+    if any(same_file(output, given) for given in inputs):
+        raise MediaError(f"{output} is also an input of this run: write the animation to another file")
+    if request.size % 64 or not 64 <= request.size <= MAX_SIZE:
+        raise MediaError(f"--size must be a multiple of 64 from 64 to {MAX_SIZE}, got {request.size}")
     if request.max_frames is not None and request.max_frames < 2:
         raise MediaError("--max-frames must be at least 2")
     if request.drive_mapping and (request.driving_videos or request.faces != LARGEST):
@@ -86,12 +96,33 @@ def check_request(request: AnimateRequest) -> None:
     for video in request.driving_videos + ([request.audio_from] if request.audio_from else []):
         if not video.is_file():
             raise MediaError(f"{video} does not exist")
+    pick_device(request.device)
+    check_weight_files(request.weights)
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (through links and ``..`` too)."""
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def pick_device(requested: Optional[str]) -> torch.device:
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The device asked for (checked: it exists and this PyTorch can use it), else CUDA if there is one."""
+    if not requested:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"--device {requested}: not a device (cpu, cuda, cuda:1, mps, ...)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {requested}: this PyTorch sees no CUDA GPU (it is a CPU build, or no driver is loaded)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {requested}: there are {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {requested}: this PyTorch has no Apple GPU (MPS) support here")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {requested}: xportrait2 runs on cpu, cuda or mps")
+    return device
 
 
 def load_pipeline(request: AnimateRequest, device: torch.device, dtype: torch.dtype) -> XPortrait2Pipeline:

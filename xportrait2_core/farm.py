@@ -35,7 +35,7 @@ from .batch import FAILED, BatchJob, JobResult, ResultCallback, finished_result,
 from .compiled_denoiser import compile_denoiser
 from .media.video_writer import remove_partial_files
 from .sampling import Conditioning, WindowPredictions, predict_windows
-from .weights.loading import WeightFiles, load_denoiser
+from .weights.loading import check_weight_files, load_denoiser
 
 INSTALL_HINT = "Ray is not installed: pip install 'comfyui-xportrait2[farm]' (or pip install '.[farm]' in a checkout)"
 DEFAULT_ATTEMPTS = 3
@@ -117,11 +117,6 @@ def worker_slots(ray, requested: Optional[int]) -> tuple[int, dict]:
     return slots, options
 
 
-def check_weights(folder: Path) -> None:
-    """Fail in this process, before any worker starts, when the weights are not there."""
-    WeightFiles.discover(folder)
-
-
 class BatchWorker:
     """A Ray actor rendering batch jobs with the models it loaded once."""
 
@@ -158,7 +153,7 @@ def run_batch_on_ray(
             queue.append((index, 0))
     if not queue:
         return [results[i] for i in range(len(jobs))]
-    check_weights(jobs[queue[0][0]].request.weights)
+    check_weight_files(jobs[queue[0][0]].request.weights)
     with ray_cluster(address) as ray:
         count, options = worker_slots(ray, workers)
         worker_class = ray.remote(**options)(BatchWorker)
@@ -287,7 +282,7 @@ class RayWindowPool:
     ) -> "RayWindowPool":
         """``compile``: each worker compiles its denoiser (:mod:`~xportrait2_core.compiled_denoiser`)."""
         ray = import_ray()
-        check_weights(weights)
+        check_weight_files(weights)
         count, options = worker_slots(ray, workers)
         worker_class = ray.remote(**options)(WindowWorker)
         return cls(ray, [worker_class.remote(str(weights), dtype, compile) for _ in range(count)])

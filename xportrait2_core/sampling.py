@@ -10,6 +10,7 @@ encoder or the reference UNet.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
@@ -28,12 +29,30 @@ BLUR_SIGMA = 18.0
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
 
+MAX_STEPS = 1000  # DDIM cannot take more steps than the schedule has timesteps
+MAX_GUIDANCE = 30.0  # far past any useful guidance (official 2.5); also rules out inf and nan
+MAX_CONTEXT_FRAMES = 32  # the temporal modules' position table (temporal_position_encoding_max_len)
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
     steps: int = 35
     guidance_scale: float = 2.5
     context_frames: int = 24
     context_overlap: int = 4
+
+    def __post_init__(self) -> None:
+        # Checked when made, so that a bad setting stops a run before any work, not after it.
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"steps must be 1 to {MAX_STEPS}, got {self.steps}")
+        if not math.isfinite(self.guidance_scale) or not 0 <= self.guidance_scale <= MAX_GUIDANCE:
+            raise ValueError(f"guidance must be a number from 0 to {MAX_GUIDANCE:g}, got {self.guidance_scale}")
+        if not 1 <= self.context_frames <= MAX_CONTEXT_FRAMES:
+            raise ValueError(f"context frames must be 1 to {MAX_CONTEXT_FRAMES}, got {self.context_frames}")
+        if not 0 <= self.context_overlap < self.context_frames:
+            raise ValueError(
+                f"context overlap must be 0 to {self.context_frames - 1} (below the context frames), got {self.context_overlap}"
+            )
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ FrameRate = Fraction | int | float | str
 # what the official script uses); the files stay a few MB per hundred 512x512 frames.
 DEFAULT_CRF = 12
 DEFAULT_PRESET = "medium"
-_WRITABLE_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv"}
+WRITABLE_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv"}
 
 
 def exact_frame_rate(fps: FrameRate) -> Fraction:
@@ -159,8 +159,8 @@ class VideoWriter:
     ) -> None:
         self.path = Path(path)
         self.fps = exact_frame_rate(fps)
-        if self.path.suffix.lower() not in _WRITABLE_SUFFIXES:
-            raise MediaError(f"{self.path.name}: output video must end in one of {sorted(_WRITABLE_SUFFIXES)}")
+        if self.path.suffix.lower() not in WRITABLE_SUFFIXES:
+            raise MediaError(f"{self.path.name}: output video must end in one of {sorted(WRITABLE_SUFFIXES)}")
         if not self.path.parent.is_dir():
             raise MediaError(f"cannot write {self.path}: folder {self.path.parent} does not exist")
         self.frames_written = 0

@@ -187,11 +187,29 @@ class UNetConfig:
     @classmethod
     def from_files(cls, unet_config_json: Optional[Path], inference_yaml: Optional[Path] = None) -> "UNetConfig":
         """Either file may be absent (None): the official values are used for it."""
-        unet_config = json.loads(Path(unet_config_json).read_text()) if unet_config_json else {}
+        unet_config = _read_mapping(unet_config_json, json.loads) if unet_config_json else {}
         additional: dict[str, Any] = {}
         if inference_yaml is not None:
-            additional = yaml.safe_load(Path(inference_yaml).read_text()).get("unet_additional_kwargs") or {}
-        return cls.from_dicts(unet_config, additional)
+            additional = _read_mapping(inference_yaml, yaml.safe_load).get("unet_additional_kwargs") or {}
+        try:
+            return cls.from_dicts(unet_config, additional)
+        except (KeyError, TypeError, ValueError) as error:
+            if isinstance(error, ConfigError):
+                raise
+            files = " and ".join(str(path) for path in (unet_config_json, inference_yaml) if path)
+            raise ConfigError(f"{files}: not an X-NeMo architecture ({type(error).__name__}: {error})") from None
+
+
+def _read_mapping(path: Path, parse) -> dict:
+    """A JSON or YAML file that must hold one mapping; anything else is a ConfigError naming it."""
+    try:
+        value = parse(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{path}: not readable ({first_line})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, found {type(value).__name__}")
+    return value
 
 
 def _require(mapping: Mapping[str, Any], key: str, expected: Any, where: str = "config") -> None:
@@ -213,7 +231,7 @@ class SchedulerConfig:
 
     @classmethod
     def from_yaml(cls, inference_yaml: Path) -> "SchedulerConfig":
-        kwargs = yaml.safe_load(Path(inference_yaml).read_text()).get("noise_scheduler_kwargs") or {}
+        kwargs = _read_mapping(inference_yaml, yaml.safe_load).get("noise_scheduler_kwargs") or {}
         _require(kwargs, "beta_schedule", "scaled_linear", "noise_scheduler_kwargs")
         _require(kwargs, "prediction_type", "epsilon", "noise_scheduler_kwargs")
         _require(kwargs, "clip_sample", False, "noise_scheduler_kwargs")
@@ -261,14 +279,10 @@ class MotionEncoderConfig:
         key one of this class's fields."""
         if path is None:
             return cls()
-        try:
-            values = json.loads(Path(path).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ConfigError(f"{path}: not a readable JSON file: {error}") from None
+        values = _read_mapping(path, json.loads)
         known = {f.name for f in fields(cls)}
-        if not isinstance(values, dict) or set(values) - known:
-            unknown = sorted(set(values) - known) if isinstance(values, dict) else values
-            raise ConfigError(f"{path}: expected an object with keys among {sorted(known)}, got {unknown!r}")
+        if set(values) - known:
+            raise ConfigError(f"{path}: expected keys among {sorted(known)}, got {sorted(set(values) - known)!r}")
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in values.values()):
             raise ConfigError(f"{path}: every value must be an integer")
         try:

@@ -75,6 +75,16 @@ class WeightFiles:
         return SchedulerConfig.from_yaml(self.inference_yaml) if self.inference_yaml else SchedulerConfig()
 
 
+def check_weight_files(folder: Path) -> None:
+    """Everything of a weights folder that can be checked without loading a network: the four
+    files are there, and its architecture files read as X-NeMo architectures (a malformed one is
+    named in the error)."""
+    files = WeightFiles.discover(folder)
+    files.unet_config_object()
+    files.scheduler_config()
+    files.motion_encoder_config_object()
+
+
 @dataclass
 class XNemoModels:
     motion_encoder: MotionEncoder
