@@ -20,6 +20,9 @@ from .images import MediaError, PathLike, require_existing_file
 
 # A file, or a seekable binary stream (ComfyUI hands in-memory videos over as BytesIO).
 VideoSource = PathLike | BinaryIO
+# The longest stretch without a frame that a take may have: a phone's stall lasts well under a
+# second; a longer gap would be filled with one repeated frame for all of it.
+MAX_FRAME_GAP = Fraction(10)
 
 
 @dataclass(frozen=True)
@@ -103,20 +106,29 @@ def _start_seconds(frame: av.VideoFrame, fallback: Fraction) -> Fraction:
     return Fraction(frame.pts * frame.time_base) if frame.pts is not None else fallback
 
 
-def _at_constant_rate(frames: Iterator[av.VideoFrame], fps: Fraction) -> Iterator[av.VideoFrame]:
+def _at_constant_rate(frames: Iterator[av.VideoFrame], fps: Fraction, name: str) -> Iterator[av.VideoFrame]:
     """The frames as a constant-rate video of ``fps`` shows them.
 
     Slot ``k`` (at ``first + k / fps``) shows the frame on screen in the middle of that slot, so a
     variable-frame-rate source gets frames repeated or dropped where its timing wanders and its
     sound stays in sync with the output; a constant-rate source (timestamps within half a frame of
-    their slot) passes one for one.
+    their slot) passes one for one. A gap of more than :data:`MAX_FRAME_GAP` is refused rather than
+    filled: it is a damaged or badly joined file, not a take (4 frames, the last at 10 minutes,
+    would become 15,000).
     """
     previous = next(frames, None)
     if previous is None:
         return
     first, slot = _start_seconds(previous, Fraction(0)), 0
+    previous_start = first
     for frame in frames:
         starts = _start_seconds(frame, first + Fraction(slot + 1) / fps)
+        if starts - previous_start > MAX_FRAME_GAP:
+            raise MediaError(
+                f"{name} has no frame for {float(starts - previous_start):.1f} s after {float(previous_start - first):.1f} s "
+                "(its timestamps jump: a damaged or badly joined file); re-encode it at a constant frame rate"
+            )
+        previous_start = starts
         while first + (slot + Fraction(1, 2)) / fps < starts:
             yield previous
             slot += 1
@@ -190,7 +202,7 @@ def stream_frames(source: VideoSource, max_frames: int | None, chunk_size: int |
     """:func:`iter_frames` of a source already probed (one opening of the file per pass)."""
     with _open_video(source) as video:
         video.stream.thread_type = "AUTO"
-        constant_rate = _at_constant_rate(_decoded_frames(video), _frame_rate(video))
+        constant_rate = _at_constant_rate(_decoded_frames(video), _frame_rate(video), video.name)
         frames = (_upright(frame) for frame in itertools.islice(constant_rate, max_frames))
         batches = frames if chunk_size is None else _batched(frames, chunk_size)
         for batch in batches:
