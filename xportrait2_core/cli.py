@@ -6,7 +6,9 @@ import argparse
 import logging
 import platform
 import shutil
+import signal
 import sys
+import threading
 from importlib import metadata
 from pathlib import Path
 from typing import Optional, Sequence
@@ -170,6 +172,9 @@ def add_batch_parser(commands) -> None:
     p.add_argument("--pairs", choices=["all", "zip"], default="all",
                    help="with two folders: every portrait with every video (all), or the n-th with the n-th (zip)")
     p.add_argument("--report", help="JSON report (default: beside the manifest, or in the output folder)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="render every job again, replacing outputs that exist (without it finished videos are "
+                        "skipped and any other file in an output's place fails its job)")
     add_render_options(p)
     add_ray_options(p, workers_help="Ray workers, one job each at a time (default: one per GPU, or per CPU on a "
                     "cluster without GPUs)")
@@ -235,12 +240,23 @@ class _StderrHandler(logging.StreamHandler):
         super().emit(record)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a service manager, ``kill``, a closing container), raised where Ctrl-C would be so
+    that the same clean-up runs: no partial file is left behind."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     package_logger = logging.getLogger("xportrait2_core")
     if not package_logger.handlers:
         package_logger.addHandler(_StderrHandler())
         package_logger.setLevel(logging.INFO)
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signals reach only that one
+    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         return args.run(args)
     except UsageError as error:
@@ -249,9 +265,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (CheckpointError, ConfigError, MediaError, FileNotFoundError, ValueError, Cancelled) as error:
         print(f"xportrait2: {error}", file=sys.stderr)
         return 1
+    except Terminated:
+        print("xportrait2: terminated (SIGTERM); no partial output was left", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("xportrait2: interrupted; no output was written", file=sys.stderr)
         return 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_handler)
 
 
 if __name__ == "__main__":
