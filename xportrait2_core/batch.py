@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from .animate import AnimateRequest, LoadedModels, animate_files, load_all_models
+from .animate import AnimateRequest, LoadedModels, animate_files, load_all_models, same_file
 from .face_drives import parse_performer
 from .finished_files import publish
 from .media.images import VIDEO_SUFFIXES, MediaError
@@ -178,28 +178,57 @@ def check_distinct_outputs(jobs: list[BatchJob]) -> list[BatchJob]:
     return jobs
 
 
+def _job_inputs(request: AnimateRequest) -> list[Path]:
+    return [request.source, *request.driving_videos] + ([request.audio_from] if request.audio_from else [])
+
+
 def finished_result(job: BatchJob) -> Optional[JobResult]:
-    """A "skipped" result when the job's output is already there and reads as a video, else None.
-    Outputs appear only when complete, so one that exists is a finished job of an earlier run."""
+    """A "skipped" result when the job's output is already there and reads as a video (and is
+    not one of its inputs), else None. Outputs appear only when complete, so one that exists is a
+    finished job of an earlier run. With ``--overwrite`` nothing is skipped."""
     output = job.request.output
-    if not output.is_file():
+    if job.request.overwrite or not output.is_file() or any(same_file(output, given) for given in _job_inputs(job.request)):
         return None
     try:
         frames = probe_video(output).frame_count
     except MediaError:
-        return None  # not a video we wrote: render it again
+        return None  # not a video: refused_result says what to do
     return JobResult(job.label, SKIPPED, str(output), frames)
 
 
 def refused_result(job: BatchJob) -> Optional[JobResult]:
-    """A "failed" result when the job's driving video cannot be read, found before any model is
-    loaded or any worker is busy with it (a batch whose only job left is a bad one loads nothing)."""
+    """A "failed" result for a job that cannot be run, found before any model is loaded or any
+    worker is busy with it (a batch whose only job left is a bad one loads nothing): its output is
+    one of its inputs, or a file that is not a video from an earlier run of the batch (replaced
+    only with ``--overwrite``), or its driving video cannot be read."""
     started = time.monotonic()
+    request = job.request
     try:
-        probe_video(job.request.driving)
+        if any(same_file(request.output, given) for given in _job_inputs(request)):
+            raise MediaError(f"{request.output} is also an input of this job: write the animation to another file")
+        if request.output.exists() and not request.overwrite:
+            raise MediaError(f"{request.output} exists and is not a video this batch wrote; pass --overwrite to replace it")
+        probe_video(request.driving)
     except Exception as error:  # as in run_job: the error is the job's result
-        return JobResult(job.label, FAILED, str(job.request.output), None, time.monotonic() - started, one_line(error))
+        return JobResult(job.label, FAILED, str(request.output), None, time.monotonic() - started, one_line(error))
     return None
+
+
+def check_report_path(report: Path, manifest: Optional[Path], jobs: Iterable[BatchJob], overwrite: bool) -> None:
+    """Refuse a report that would replace the manifest, a job's file or a file that is no report."""
+    named = ([manifest] if manifest else []) + [path for job in jobs for path in (*_job_inputs(job.request), job.request.output)]
+    if any(same_file(report, path) for path in named):
+        raise ManifestError(f"the report {report} would replace a file of this batch (the manifest, an input or an output)")
+    if report.exists() and not overwrite and not _is_report(report):
+        raise ManifestError(f"{report} exists and is not a batch report; pass --overwrite to replace it, or choose --report")
+
+
+def _is_report(path: Path) -> bool:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(document, dict) and set(document) == {"summary", "jobs"}
 
 
 def one_line(error: BaseException) -> str:
@@ -214,8 +243,7 @@ def run_job(job: BatchJob, models: LoadedModels, progress: Optional[ProgressFn] 
     output = job.request.output
     # A hidden partial file of a run that was killed (a crash, a lost Ray worker) is of no use.
     remove_partial_files(output)
-    # An existing output that is not a video of ours (finished_result said so) is replaced.
-    request = dataclasses.replace(job.request, overwrite=True) if output.exists() else job.request
+    request = job.request
     try:
         animate_files(request, progress, models)
         frames = probe_video(output).frame_count

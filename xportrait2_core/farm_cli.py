@@ -6,7 +6,17 @@ import argparse
 from pathlib import Path
 
 from .animate import AnimateRequest, animate_files, check_request, pick_device
-from .batch import FAILED, JobResult, jobs_from_folders, read_manifest, report_table, run_locally, summary, write_report
+from .batch import (
+    FAILED,
+    JobResult,
+    check_report_path,
+    jobs_from_folders,
+    read_manifest,
+    report_table,
+    run_locally,
+    summary,
+    write_report,
+)
 from .render_options import ProgressBars, UsageError, request_from_args
 from .farm import FarmError, RayWindowPool, ray_cluster, run_batch_on_ray
 from .weights.loading import default_dtype
@@ -56,6 +66,7 @@ def _jobs_and_report(args: argparse.Namespace, base: AnimateRequest):
     report = Path(args.report) if args.report else report
     if not report.parent.is_dir():
         raise UsageError(f"cannot write the report {report}: folder {report.parent} does not exist")
+    check_report_path(report, inputs[0] if len(inputs) == 1 else None, jobs, args.overwrite)
     return jobs, report
 
 
