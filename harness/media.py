@@ -169,19 +169,21 @@ def write_phone_take(
     return target
 
 
-def write_4k_take(target: Path, seconds: int = 30, fps: int = 60) -> Path:
-    """A 3840 x 2160 take at ``fps`` lasting ``seconds``: the first 60 frames of ``driving_60f.mp4``,
-    looped, each scaled to a 1024 px face in the middle of a grey frame (composed frame by frame,
-    so nothing near the take's size is ever held)."""
+def write_large_take(target: Path, frames: int, width: int = 3840, height: int = 2160, fps: int = 60) -> Path:
+    """A ``width`` x ``height`` take of ``frames`` frames at ``fps``: the first 60 frames of
+    ``driving_60f.mp4``, looped, each scaled to a face about half the frame high in the middle of a
+    grey frame (composed frame by frame, so nothing near the take's size is ever held)."""
     from PIL import Image
 
-    faces = [np.asarray(Image.fromarray(picture).resize((1024, 1024))) for picture in take_frames(60)]
-    canvas = np.full((2160, 3840, 3), 90, np.uint8)
+    side = height * 128 // 270  # 1024 px in a 4K frame
+    faces = [np.asarray(Image.fromarray(picture).resize((side, side))) for picture in take_frames(60)]
+    canvas = np.full((height, width, 3), 90, np.uint8)
+    top, left = (height - side) // 2, (width - side) // 2
     with av.open(str(target), "w") as output:
         video = output.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": "28"})
-        video.width, video.height, video.pix_fmt = 3840, 2160, "yuv420p"
-        for index in range(seconds * fps):
-            canvas[568:1592, 1408:2432] = faces[index % len(faces)]
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        for index in range(frames):
+            canvas[top : top + side, left : left + side] = faces[index % len(faces)]
             frame = av.VideoFrame.from_ndarray(canvas, format="rgb24")
             frame.pts = index
             output.mux(video.encode(frame))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -176,3 +177,50 @@ def test_tiny_weights_refuses_a_non_empty_folder(tmp_path, capsys):
     (tmp_path / "something").write_text("x")
     assert cli(["tiny-weights", str(tmp_path)]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_every_setting_is_checked_before_any_work(weights, tmp_path, capsys):
+    photo, driving = str(media("photo_ref.png")), str(media("driving_60f.mp4"))
+    broken = tmp_path / "broken_weights"
+    shutil.copytree(weights, broken)
+    (broken / "inference_xnemo_stage2.yaml").write_text("unet_additional_kwargs: {use_motion_module: [true\n")
+    cases = {
+        "output suffix": (["-o", str(tmp_path / "out.gif")], "out.gif: the output video must end in one of .m4v, .mkv, .mov, .mp4"),
+        "no context frames": (["--context-frames", "0"], "context frames must be 1 to 32, got 0"),
+        "overlap as long as the window": (["--context-overlap", "24"], "context overlap must be 0 to 23"),
+        "huge size": (["--size", "1048576"], "--size must be a multiple of 64 from 64 to 2048, got 1048576"),
+        "negative steps": (["--steps", "-3"], "steps must be 1 to 1000, got -3"),
+        "nan guidance": (["--guidance", "nan"], "guidance must be a number from 0 to 30, got nan"),
+        "unknown device": (["--device", "bogus"], "--device bogus: not a device"),
+        "missing GPU": (["--device", "cuda:99"], "--device cuda:99: "),
+        "output is the driving video": (["-o", driving, "--overwrite"], "is also an input of this run"),
+        "malformed architecture file": (["--weights", str(broken)], f"{broken / 'inference_xnemo_stage2.yaml'}: not readable"),
+    }
+    for case, (options, expected) in cases.items():
+        output = [] if "-o" in options else ["-o", str(tmp_path / "out.mp4")]
+        weights_option = [] if "--weights" in options else ["--weights", str(weights)]
+        code = cli(["animate", photo, driving, *output, *weights_option, *FAST, *options])
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("xportrait2:")]
+        assert code in (1, 2) and len(lines) == 1 and expected in lines[0], f"{case}: {err}"
+        assert "Traceback" not in err and "detecting faces" not in err, f"{case}: refused before any work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken_weights"]
+
+
+def test_sigterm_while_writing_leaves_no_file(weights, tmp_path):
+    out = tmp_path / "terminated.mp4"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "xportrait2_core.cli", "animate", str(media("photo_ref.png")),
+         str(media("driving_60f.mp4")), "-o", str(out), "--weights", str(weights), "--size", "128", *FAST],
+        cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True,
+    )
+    seen = ""
+    deadline = time.monotonic() + 600
+    while "decoding" not in seen and time.monotonic() < deadline:  # the partial file is being written
+        seen += process.stderr.read(1)
+    assert [p.name for p in tmp_path.iterdir() if ".partial." in p.name], "signalled while the video is written"
+    process.send_signal(signal.SIGTERM)
+    rest = process.communicate(timeout=120)[1]
+    assert process.returncode == 143, seen + rest
+    assert "terminated (SIGTERM)" in rest and "Traceback" not in rest
+    assert leftovers(tmp_path) == []

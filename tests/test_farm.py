@@ -401,3 +401,33 @@ def test_joining_a_cluster_without_authentication_warns(caplog):
         with ray_cluster(open_cluster.address):
             pass
     assert f"the Ray cluster at {open_cluster.address} accepts clients without a token" in caplog.text
+
+
+
+def test_batch_replaces_no_file_it_did_not_write_and_no_input(weights, clip, tmp_path):
+    manifest = write_manifest(tmp_path, clip, ["notes.txt.mp4", "a.mp4", str(clip)], bad_row=99)
+    (tmp_path / "notes.txt.mp4").write_text("my notes")
+    arguments = ["batch", str(manifest), "--weights", str(weights), "--no-paste-back", *FAST]
+    code, printed, _ = run_in_process(arguments)
+    report = read_report(manifest)
+    assert code == 1 and [job["status"] for job in report] == ["failed", "done", "failed"], printed
+    assert "exists and is not a video this batch wrote; pass --overwrite to replace it" in report[0]["error"]
+    assert "is also an input of this job" in report[2]["error"]
+    assert (tmp_path / "notes.txt.mp4").read_text() == "my notes" and probe_video(clip).frame_count == CLIP_FRAMES
+    code, printed, _ = run_in_process([*arguments, "--overwrite"])
+    assert [job["status"] for job in read_report(manifest)] == ["done", "done", "failed"], printed
+    assert probe_video(tmp_path / "notes.txt.mp4").frame_count == CLIP_FRAMES
+
+
+@pytest.mark.parametrize("report", ["the manifest", "a job's input", "a file that is no report"])
+def test_a_report_that_would_replace_another_file_is_refused(weights, clip, tmp_path, report):
+    manifest = write_manifest(tmp_path, clip, ["a.mp4"], bad_row=99)
+    (tmp_path / "notes.json").write_text('{"mine": true}')
+    target = {"the manifest": manifest, "a job's input": clip, "a file that is no report": tmp_path / "notes.json"}[report]
+    before = target.read_bytes()
+    code, printed, errors = run_in_process(
+        ["batch", str(manifest), "--weights", str(weights), *FAST, "--report", str(target)]
+    )
+    lines = [line for line in errors.splitlines() if line.startswith("xportrait2:")]
+    assert code == 1 and len(lines) == 1, printed + errors
+    assert target.read_bytes() == before and not (tmp_path / "a.mp4").exists(), "refused before any job ran"

@@ -23,7 +23,7 @@ from harness.comfyui_pack import video_frames
 from harness.media import (
     media,
     take_frames,
-    write_4k_take,
+    write_large_take,
     write_decompression_bomb,
     write_phone_take,
     write_png_16bit,
@@ -215,7 +215,7 @@ def test_a_read_only_output_folder_is_one_line_before_any_work(upright, weights,
 def test_a_4k_take_at_60_fps_for_30_seconds(weights, tmp_path):
     """Every frame of a 4K phone take animates, with a progress bar per stage counting all of them
     (memory stays flat in the length: bench/memory.py measures it)."""
-    take = write_4k_take(tmp_path / "4k.mp4")
+    take = write_large_take(tmp_path / "4k.mp4", frames=30 * 60)
     out = tmp_path / "out.mp4"
     process = subprocess.run(
         [sys.executable, "-m", "xportrait2_core.cli", "animate", str(media("photo_ref.png")), str(take), "-o", str(out),
@@ -227,3 +227,14 @@ def test_a_4k_take_at_60_fps_for_30_seconds(weights, tmp_path):
     assert (result.frame_count, result.fps, result.width, result.height) == (1800, 60, 512, 512)
     for stage in ("detecting faces", "encoding motion", "decoding"):
         assert f"{stage}: 100%" in process.stderr and "1800/1800" in process.stderr, stage
+
+
+def test_a_take_whose_timestamps_jump_is_one_line(weights, tmp_path):
+    """Four frames, the last at 10 minutes: refused, not filled with 15,000 copies of the third."""
+    starts = [Fraction(0), Fraction(4, 100), Fraction(8, 100), Fraction(600)]
+    take = write_phone_take(tmp_path / "jump.mp4", upright_pictures()[:4], starts=starts)
+    code, printed = animate(media("photo_ref.png"), take, tmp_path / "out.mp4", weights)
+    lines = [line for line in printed.splitlines() if line.startswith("xportrait2:")]
+    assert code == 1 and len(lines) == 1 and "Traceback" not in printed, printed
+    assert "jump.mp4 has no frame for 599.9 s after 0.1 s" in lines[0]
+    assert sorted(os.listdir(tmp_path)) == ["jump.mp4"]
