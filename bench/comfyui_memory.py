@@ -1,8 +1,8 @@
 """Peak resident memory of a ComfyUI server animating a driving take (issue 8): the VIDEO path
 against the IMAGE path, for takes of growing length. Prints a table; asserts nothing.
 
-Both graphs do the same work on tiny random weights (the motion encoder is full size): face
-track, motion encoding, sampling, temporal decode, paste-back into the 512x512 photo, MP4.
+Both graphs do the same work on tiny random weights: face track, motion encoding, sampling,
+temporal decode, paste-back into the 512x512 photo, MP4.
 
 * VIDEO path, the shipped ``Portrait video - long take`` workflow: Load Video -> Face Track (driving
   VIDEO) -> Motion Encode (driving VIDEO) -> ... -> Decode to VIDEO -> Save Video.
@@ -13,7 +13,12 @@ track, motion encoding, sampling, temporal decode, paste-back into the 512x512 p
 Every (path, length) runs in a fresh server (``--cpu``, a free 127.0.0.1 port), so each peak
 (VmHWM) belongs to that one prompt. Needs ComfyUI (``COMFYUI_PATH`` or comfy-cli's workspace).
 
+With ``--portraits 0.25 12`` it measures the VIDEO path with the photo upscaled to those many
+megapixels (4:3) instead, for one take length: the paste-back makes one full-size frame at a time,
+so the peak should grow by about a frame's worth, not by a chunk of frames.
+
     python bench/comfyui_memory.py [--frames 60 600] [--size 64] [--steps 1]
+    python bench/comfyui_memory.py --portraits 0.25 12 [--frames 60]
 """
 
 from __future__ import annotations
@@ -75,11 +80,34 @@ def measure(comfyui: Path, work: Path, models: dict, workflow: dict, frames: int
     return idle, peak, wall
 
 
+def portrait_sizes(args: argparse.Namespace, comfyui: Path, work: Path, models: dict, inputs: Path) -> None:
+    from PIL import Image
+
+    frames = args.frames[0]
+    take = f"take_{frames}.mp4"
+    looped_driving_video(MEDIA / "driving_60f.mp4", inputs / take, frames)
+    print(f"ComfyUI server, VIDEO path, tiny random weights, --size {args.size}, --steps {args.steps}, {frames} "
+          "frames of driving_60f.mp4; the photo upscaled; a fresh server per row")
+    print("| portrait | peak RSS MiB | x first | peak-idle MiB | wall s |\n|---|---|---|---|---|")
+    first = None
+    for megapixels in args.portraits:
+        width = round((megapixels * 1e6 * 4 / 3) ** 0.5)
+        height = width * 3 // 4
+        name = f"portrait_{width}x{height}.png"
+        Image.open(MEDIA / PHOTO).convert("RGB").resize((width, height), Image.LANCZOS).save(inputs / name, compress_level=1)
+        workflow = with_input(video_path_workflow(take, args.size, args.steps), "LoadImage", image=name)
+        idle, peak, wall = measure(comfyui, work, models, workflow, frames)
+        first = first or peak
+        print(f"| {width}x{height} ({width * height / 1e6:.2f} MP) | {peak:.0f} | {peak / first:.2f} | {peak - idle:.0f} | {wall:.1f} |",
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, nargs="+", default=[60, 600])
     parser.add_argument("--size", type=int, default=64, help="working size of the animation (official 512)")
     parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--portraits", type=float, nargs="+", help="VIDEO path with portraits of these megapixels")
     args = parser.parse_args()
     comfyui = find_comfyui()
     if comfyui is None:
@@ -91,7 +119,10 @@ def main() -> None:
         inputs = work / "server" / "input"
         inputs.mkdir(parents=True)
         shutil.copyfile(MEDIA / PHOTO, inputs / PHOTO)
-        print(f"ComfyUI server, tiny random weights (full-size motion encoder), --size {args.size}, "
+        if args.portraits:
+            portrait_sizes(args, comfyui, work, models, inputs)
+            return
+        print(f"ComfyUI server, tiny random weights, --size {args.size}, "
               f"--steps {args.steps}, driving take = driving_60f.mp4 played forwards and backwards, "
               "paste-back into the 512x512 photo; a fresh server per row")
         print(f"{'path':>6} {'frames':>7} {'idle RSS MiB':>13} {'peak RSS MiB':>13} {'peak-idle':>10} "
