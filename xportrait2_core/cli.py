@@ -125,6 +125,24 @@ def doctor(args: argparse.Namespace) -> int:
     return 0 if not problems else 1
 
 
+def demo(args: argparse.Namespace) -> int:
+    from .animate import animate_files
+    from .demo import plan_demo
+    from .media.video_reader import probe_video
+
+    plan = plan_demo(Path(args.output) if args.output else None, Path(args.weights) if args.weights else None,
+                     default_weights(), args.overwrite)
+    print(f"xportrait2 demo: the sample portrait and take shipped with the package, animated with {plan.weights_note}")
+    bars = ProgressBars()
+    try:
+        output = animate_files(plan.request, progress=bars)
+    finally:
+        bars.close()
+    info = probe_video(output)
+    print(f"wrote {output} ({info.frame_count} frames at {float(info.fps):g} fps, {info.width}x{info.height})")
+    return 0
+
+
 def faces(args: argparse.Namespace) -> int:
     from .media.face_detector import FaceDetectorRunner, detect_faces, find_yunet_weights
     from .media.images import load_image
@@ -209,6 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_ray_options(p, workers_help="Ray workers sharing each sampling step's windows (default: one per GPU, "
                     "or per CPU on a cluster without GPUs); the video equals the one-process video")
     p.set_defaults(run=animate)
+
+    p = commands.add_parser("demo", help="animate the sample portrait shipped with the package: a first video, offline",
+                            description="Animates the sample portrait with the sample take shipped in the package, "
+                                        "offline. With the X-NeMo weights (--weights, $XPORTRAIT2_WEIGHTS or "
+                                        "./pretrained_weights) at the official settings; without them with tiny random "
+                                        "weights kept in the cache folder (a noise-like video that proves the install).")
+    p.add_argument("-o", "--output", help="the MP4 to write; refused if it exists, unless --overwrite (default: demo.mp4 here, or demo-1.mp4, ... if taken)")
+    p.add_argument("--weights", help="folder of the X-NeMo weights (default: $XPORTRAIT2_WEIGHTS or ./pretrained_weights if it holds them)")
+    p.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
+    p.set_defaults(run=demo)
 
     p = commands.add_parser("faces", help="list the faces of a portrait, numbered left to right, with their boxes")
     p.add_argument("source", help="portrait image")
