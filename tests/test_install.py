@@ -1,8 +1,9 @@
 """A new user's first minutes, each in an environment that is not this test run's own.
 
-* The README's quick start, exactly as written, in a fresh virtual environment that is not
-  ComfyUI's: ``pip install .`` from a copy of the checkout, ``xportrait2 doctor`` and the
-  tiny-weights run to an MP4.
+* The README's first command, exactly as written, in a fresh virtual environment that is not
+  ComfyUI's, from a copy of the checkout with nothing beside it (``pip install . && xportrait2
+  demo``): an MP4 of the sample take's length and rate, made offline (Hugging Face offline, an
+  empty cache), and once more with no network at all.
 * The way ComfyUI-Manager and ``comfy node install`` install a pack: the pack copied into
   ``custom_nodes/`` of a freshly built ComfyUI and venv, its ``requirements.txt`` installed with
   pip, the server started, a shipped workflow run.
@@ -22,6 +23,9 @@ import pytest
 from harness import REPO_ROOT, SHARED
 from harness.comfyui_pack import TEST_FRAMES, PackServer, api_workflow, video_frames, write_inputs
 from harness.comfyui_server import PACK_NAME
+from harness.ray_cluster import loopback_only_network
+from xportrait2_core.demo import SAMPLE_TAKE
+from xportrait2_core.media.video_reader import probe_video
 
 QUICK_START_MARKER = "<!-- quick-start:"
 # The PyTorch build the quick start's venv gets before `pip install .` (the README says to install
@@ -68,21 +72,30 @@ def venv_environment(venv: Path) -> dict:
     return env
 
 
-def test_readme_quick_start_works_verbatim_in_a_fresh_venv(tmp_path):
-    # The checkout with ../shared beside it, as the README assumes.
-    checkout = copy_checkout(tmp_path / PACK_NAME)
-    (tmp_path / "shared").symlink_to(SHARED, target_is_directory=True)
-    venv = tmp_path / "venv"
+def test_readme_first_command_makes_the_demo_video_offline_from_the_package_alone(tmp_path):
+    checkout = copy_checkout(tmp_path / "checkout" / PACK_NAME)
+    assert not (checkout.parent / "shared").exists()
+    venv, home = tmp_path / "venv", tmp_path / "home"
+    home.mkdir()
     try:
         run([sys._base_executable, "-m", "venv", str(venv)], cwd=tmp_path)
         env = venv_environment(venv)
         run(["pip", "install", "--disable-pip-version-check", "-q", FRESH_VENV_TORCH], cwd=tmp_path, env=env)
+        # Nothing of this machine's: its own home, caches and Hugging Face folder, and the hub offline.
+        env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), HF_HOME=str(home / "hf"), HF_HUB_OFFLINE="1")
+        env.pop("XPORTRAIT2_WEIGHTS", None)
         output = run(f"set -euo pipefail\n{quick_start_commands()}", cwd=checkout, env=env)
-        assert "everything needed is in place" in output, output[-4000:]
-        frames = video_frames(checkout / "tiny.mp4")
-        # 12 frames, pasted back into the whole 512x512 photo.
-        assert frames.shape == (12, 512, 512, 3), frames.shape
-        assert frames.std() > 0
+        assert "tiny RANDOM weights" in output and "noise-like" in output, output[-4000:]
+        sample = probe_video(SAMPLE_TAKE)
+        result = probe_video(checkout / "demo.mp4")
+        assert (result.frame_count, result.fps) == (sample.frame_count, sample.fps) == (75, 25)
+        assert (home / ".cache" / "xportrait2" / "tiny-weights").is_dir(), "tiny weights go to the cache folder"
+        # Again with no network at all (a network namespace with only loopback): the weights come
+        # from the cache, and an existing demo.mp4 is kept.
+        with loopback_only_network():
+            again = run(["xportrait2", "demo"], cwd=checkout, env=env)
+        assert "wrote demo-1.mp4 (75 frames at 25 fps, 512x512)" in again, again[-3000:]
+        assert probe_video(checkout / "demo.mp4") == result
     finally:
         shutil.rmtree(venv, ignore_errors=True)
 
