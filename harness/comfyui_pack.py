@@ -198,10 +198,11 @@ def api_workflow(name: str, *, steps: int = TEST_STEPS, size: int = TEST_SIZE, s
 class PackServer(ComfyUIServer):
     """The test server plus the calls the end-to-end tests make."""
 
-    def __init__(self, comfyui: Path, workdir: Path, model_folders: dict[str, Path], **server_options):
+    def __init__(self, comfyui: Path, workdir: Path, model_folders: dict[str, Path],
+                 extra_args: tuple[str, ...] = (), **server_options):
         # latent2rgb previews need no model file, so the sampler's previews can be checked.
         super().__init__(
-            comfyui, workdir, model_folders, extra_args=("--preview-method", "latent2rgb"), **server_options
+            comfyui, workdir, model_folders, extra_args=("--preview-method", "latent2rgb", *extra_args), **server_options
         )
         self.client_id = uuid.uuid4().hex
 

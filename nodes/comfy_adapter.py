@@ -8,6 +8,7 @@ only ``comfy_api`` and this adapter; the engine (``xportrait2_core``) imports ne
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from dataclasses import dataclass
@@ -383,3 +384,38 @@ def sample_frames(
         None, True,
     )
     return bundle.latent_format.process_out(samples.float()).to(output_device())
+
+
+BLUEPRINT_FOLDER = Path(__file__).resolve().parents[1] / "subgraphs"
+
+
+def advertise_blueprint_search_aliases() -> None:
+    """Lets the node library find this pack's blueprints by their search aliases.
+
+    The frontend (1.49 to 1.58) takes a served blueprint's search aliases from the entry that
+    ``/global_subgraphs`` lists, not from the file's ``extra.BlueprintSearchAliases``; ComfyUI
+    v0.33's ``SubgraphManager`` lists only the file name and the pack. So our own entries get
+    the aliases their files declare; other packs' entries, and entries a later ComfyUI already
+    fills, are left as they are. A ComfyUI without blueprints (v0.3.64) has nothing to extend.
+    """
+    try:
+        from app.subgraph_manager import SubgraphManager
+    except ImportError:
+        return
+    listed = SubgraphManager.get_custom_node_subgraphs
+    if getattr(listed, "adds_xportrait2_aliases", False):
+        return
+
+    async def with_our_aliases(self, *args, **kwargs):
+        entries = await listed(self, *args, **kwargs)
+        for entry in entries.values():
+            path = Path(entry.get("path", ""))
+            if path.parent.name == BLUEPRINT_FOLDER.name and path.resolve().parent == BLUEPRINT_FOLDER:
+                info = entry.setdefault("info", {})
+                if "search_aliases" not in info:
+                    extra = json.loads(path.read_text(encoding="utf-8")).get("extra", {})
+                    info["search_aliases"] = extra.get("BlueprintSearchAliases", [])
+        return entries
+
+    with_our_aliases.adds_xportrait2_aliases = True
+    SubgraphManager.get_custom_node_subgraphs = with_our_aliases

@@ -12,6 +12,17 @@
     portrait and a frame of the demo driving video above a screenshot of the opened graph
     (``SHOTS/<name> graph.png``, as ``tests/test_browser.py`` saves them).
 
+``python tools/workflows.py blueprints``
+    Writes the subgraph blueprints ``subgraphs/<title>.json`` (each appears as one node in
+    ComfyUI's node library) from the shipped graphs: a blueprint is a graph's inner nodes with
+    its loaders and savers cut off, the cut links becoming the blueprint's inputs and outputs,
+    and the widgets an artist touches promoted to the blueprint node.
+
+``python tools/workflows.py app``
+    Writes the App Mode template ``example_workflows/Portrait animation (app).json``: the long-take
+    graph, opening as a simple app (``extra.linearMode``) that shows only the inputs named in
+    ``APP_INPUTS`` and the saved video.
+
 ``python tools/workflows.py twins``
     Run with the Python of a ComfyUI installation (``COMFYUI_PATH`` points at its folder): starts
     that ComfyUI with this pack on a free 127.0.0.1 port, converts every UI graph against its
@@ -26,11 +37,14 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 UI_FOLDER = REPO_ROOT / "example_workflows"
 TWIN_FOLDER = UI_FOLDER / "api"
+BLUEPRINT_FOLDER = REPO_ROOT / "subgraphs"
 
 NOTE_ID = 100
 COLUMN_GAP = 90
@@ -131,6 +145,10 @@ INPUTS (ComfyUI/input/): a portrait with two faces (two_faces.png) and a driving
 
 TURN FIRST: face_index and performer on each branch, checked against the numbered preview; then motion_intensity per face.""",
 }
+NOTES["Portrait animation (app)"] = NOTES["Portrait video - long take"].replace(
+    "Portrait to animated video, long take (X-Portrait 2 / X-NeMo)",
+    "Portrait animation as an app (X-Portrait 2 / X-NeMo)\nOpens in App Mode: the portrait, the driving video, seed, steps and which face (face_index, -1 the largest), and the video. Toggle App Mode off for this graph, the long-take one.",
+)
 
 
 def _node_height(node: dict) -> int:
@@ -226,7 +244,8 @@ def tidy() -> None:
         declare_downloads(workflow)
         layout(workflow)
         workflow["nodes"].sort(key=lambda n: n["id"])
-        workflow["extra"] = {"ds": {"scale": 0.5, "offset": [40, 40]}}
+        app_mode = {key: value for key, value in workflow.get("extra", {}).items() if key in ("linearMode", "linearData")}
+        workflow["extra"] = {"ds": {"scale": 0.5, "offset": [40, 40]}, **app_mode}
         path.write_text(json.dumps(workflow, indent=1, ensure_ascii=False) + "\n")
         print("tidied", path.relative_to(REPO_ROOT))
 
@@ -251,6 +270,174 @@ def twins() -> None:
         twin = convert_ui_to_api(json.loads(path.read_text()), info)
         (folder / path.name).write_text(json.dumps(twin, indent=1, ensure_ascii=False) + "\n")
         print("wrote", (folder / path.name).relative_to(REPO_ROOT))
+
+
+# ---- Subgraph blueprints -------------------------------------------------------------------------
+
+SUBGRAPH_INPUT, SUBGRAPH_OUTPUT = -10, -20  # LiteGraph's ids of a subgraph's input and output nodes
+# What artists type when they look for this (the words of their issues).
+SEARCH_ALIASES = ("face animation", "expression transfer", "talking head", "live portrait", "act-one",
+                  "portrait animation", "X-NeMo", "X-Portrait")
+# The widgets an artist touches, promoted to the blueprint node: (node type, widget, socket type).
+ARTIST_WIDGETS = (
+    ("XPortrait2Loader", "denoising_unet", "COMBO"),
+    ("CLIPVisionLoader", "clip_name", "COMBO"),
+    ("XPortrait2LoadTemporalVAE", "vae_name", "COMBO"),
+    ("XPortrait2Sampler", "seed", "INT"),
+    ("XPortrait2Sampler", "steps", "INT"),
+    ("XPortrait2Sampler", "guidance", "FLOAT"),
+    ("XPortrait2SourceFaceCrop", "size", "INT"),
+    ("XPortrait2SourceFaceCrop", "face_index", "INT"),
+    ("XPortrait2DrivingVideoTrack", "performer", "INT"),
+    ("XPortrait2DrivingVideoTrack", "max_frames", "INT"),
+    ("XPortrait2DrivingFaceTrack", "performer", "INT"),
+    ("XPortrait2DecodeToVideo", "blend", "COMBO"),
+    ("XPortrait2MotionLatents", "motion_intensity", "FLOAT"),
+)
+
+
+@dataclass(frozen=True)
+class Blueprint:
+    title: str  # the node's name in the library, and the file's
+    source: str  # the shipped graph it is cut from
+    inner: tuple[int, ...]  # the source's nodes inside the blueprint
+    inputs: tuple[tuple[str, int, int], ...]  # (name, a cut-off node, its output slot): what it fed comes in here
+    outputs: tuple[tuple[str, int, int], ...]  # (name, an inner node, its output slot)
+    description: str
+
+
+BLUEPRINTS = (
+    Blueprint(
+        "Portrait Animation (X-Portrait 2)", "Portrait video - long take",
+        inner=(2, 4, 5, 6, 7, 8, 9, 10, 11, 12),
+        inputs=(("portrait", 1, 0), ("driving_video", 3, 0)),
+        outputs=(("video", 12, 0),),
+        description=(
+            "Animates a portrait (photo or cartoon) with a driving video of a face: the person makes the driver's "
+            "expressions and head motion and keeps their own identity (X-Portrait 2 / X-NeMo). Out comes a VIDEO "
+            "of the whole portrait with the take's frame rate and sound; the take is read and written in chunks, "
+            "so memory stays flat however long it is. Face animation, expression transfer, talking head, live "
+            "portrait, act-one."
+        ),
+    ),
+    Blueprint(
+        "Portrait Animation Frames (X-Portrait 2)", "Portrait to animated video",
+        inner=(2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13),
+        inputs=(("portrait", 1, 0), ("driving_video", 3, 0)),
+        outputs=(("frames", 13, 0), ("fps", 4, 2), ("audio", 4, 1)),
+        description=(
+            "Animates a portrait (photo or cartoon) with a driving video of a face (X-Portrait 2 / X-NeMo) and "
+            "returns the animated face square as IMAGE frames, with the take's frame rate and sound: for upscaler "
+            "chains, then Create Video. Face animation, expression transfer, talking head, live portrait, act-one."
+        ),
+    ),
+)
+
+
+def _stable_id(*words: str) -> str:
+    """A UUID that stays the same each time the blueprints are written."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "comfyui-xportrait2/" + "/".join(words)))
+
+
+def _link(link_id: int, origin: int, origin_slot: int, target: int, target_slot: int, kind: str) -> dict:
+    return {"id": link_id, "origin_id": origin, "origin_slot": origin_slot, "target_id": target,
+            "target_slot": target_slot, "type": kind}
+
+
+def build_blueprint(spec: Blueprint) -> dict:
+    graph = json.loads((UI_FOLDER / f"{spec.source}.json").read_text())
+    nodes = {node["id"]: node for node in graph["nodes"] if node["id"] in spec.inner}
+    links = [_link(*link) for link in graph["links"] if link[1] in nodes and link[3] in nodes]
+    next_link = max(link[0] for link in graph["links"]) + 1
+    inputs, outputs = [], []
+    for index, (name, cut_node, slot) in enumerate(spec.inputs):
+        fed = [link for link in graph["links"] if link[1:3] == [cut_node, slot] and link[3] in nodes]
+        links += [_link(link[0], SUBGRAPH_INPUT, index, link[3], link[4], link[5]) for link in fed]
+        inputs.append({"id": _stable_id(spec.title, "in", name), "name": name, "type": fed[0][5],
+                       "linkIds": [link[0] for link in fed]})
+    promoted = [(node_id, widget, kind) for node_type, widget, kind in ARTIST_WIDGETS
+                for node_id, node in sorted(nodes.items()) if node["type"] == node_type]
+    for node_id, widget, kind in promoted:
+        node = nodes[node_id]
+        node["inputs"].append({"name": widget, "type": kind, "widget": {"name": widget}, "link": next_link})
+        links.append(_link(next_link, SUBGRAPH_INPUT, len(inputs), node_id, len(node["inputs"]) - 1, kind))
+        inputs.append({"id": _stable_id(spec.title, "in", widget), "name": widget, "type": kind, "linkIds": [next_link]})
+        next_link += 1
+    for index, (name, node_id, slot) in enumerate(spec.outputs):
+        kind = nodes[node_id]["outputs"][slot]["type"]
+        links.append(_link(next_link, node_id, slot, SUBGRAPH_OUTPUT, index, kind))
+        outputs.append({"id": _stable_id(spec.title, "out", name), "name": name, "type": kind, "linkIds": [next_link]})
+        next_link += 1
+    kept = {link["id"] for link in links}
+    for node in nodes.values():
+        for output in node.get("outputs", []):
+            output["links"] = [link["id"] for link in links if link["origin_id"] == node["id"]
+                               and link["origin_slot"] == node["outputs"].index(output)] or None
+            assert all(i in kept for i in output["links"] or [])
+    left = min(node["pos"][0] for node in nodes.values())
+    right = max(node["pos"][0] + node["size"][0] for node in nodes.values())
+    top = min(node["pos"][1] for node in nodes.values())
+    subgraph_id = _stable_id(spec.title)
+    definition = {
+        "id": subgraph_id, "version": 1,
+        "state": {"lastGroupId": 0, "lastNodeId": max(nodes), "lastLinkId": next_link - 1, "lastRerouteId": 0},
+        "revision": 0, "config": {}, "name": spec.title, "description": spec.description,
+        "inputNode": {"id": SUBGRAPH_INPUT, "bounding": [left - 260, top, 180, 40 + 20 * len(inputs)]},
+        "outputNode": {"id": SUBGRAPH_OUTPUT, "bounding": [right + 80, top, 140, 40 + 20 * len(outputs)]},
+        "inputs": inputs, "outputs": outputs, "widgets": [],
+        "nodes": [nodes[i] for i in sorted(nodes)], "groups": [], "links": links, "extra": {},
+        "category": "X-Portrait 2",
+    }
+    node = {
+        "id": 1, "type": subgraph_id, "pos": [0, 0], "size": [400, 60 + 26 * len(inputs)], "flags": {}, "order": 0,
+        "mode": 0, "title": spec.title,
+        "inputs": [{"name": i["name"], "type": i["type"], "link": None, **({"widget": {"name": i["name"]}}
+                    if i["name"] not in {name for name, _, _ in spec.inputs} else {})} for i in inputs],
+        "outputs": [{"name": o["name"], "type": o["type"], "links": []} for o in outputs],
+        "properties": {"proxyWidgets": [[str(node_id), widget] for node_id, widget, _ in promoted]},
+        "widgets_values": [],
+    }
+    return {
+        "revision": 0, "last_node_id": 1, "last_link_id": 0, "nodes": [node], "links": [], "version": 0.4,
+        "definitions": {"subgraphs": [definition]},
+        "extra": {"BlueprintDescription": spec.description, "BlueprintSearchAliases": list(SEARCH_ALIASES)},
+    }
+
+
+def blueprints() -> None:
+    BLUEPRINT_FOLDER.mkdir(exist_ok=True)
+    for spec in BLUEPRINTS:
+        path = BLUEPRINT_FOLDER / f"{spec.title}.json"
+        path.write_text(json.dumps(build_blueprint(spec), indent=1, ensure_ascii=False) + "\n")
+        print("wrote", path.relative_to(REPO_ROOT))
+
+
+# ---- The App Mode template -----------------------------------------------------------------------
+
+APP = "Portrait animation (app)"
+APP_SOURCE = "Portrait video - long take"
+# What the app shows: (node type, widget), in this order, and the node whose result it shows.
+APP_INPUTS = (("LoadImage", "image"), ("LoadVideo", "file"), ("XPortrait2Sampler", "seed"),
+              ("XPortrait2Sampler", "steps"), ("XPortrait2SourceFaceCrop", "face_index"))
+APP_OUTPUT = "SaveVideo"
+
+
+def app() -> None:
+    graph = json.loads((UI_FOLDER / f"{APP_SOURCE}.json").read_text())
+    by_type = {node["type"]: node for node in graph["nodes"]}
+    face_crop = by_type["XPortrait2SourceFaceCrop"]
+    face_crop["widgets_values"] = [face_crop["widgets_values"][0], -1]  # face_index shown: -1, the largest
+    set_note(graph, APP)
+    graph["extra"] = {
+        "ds": {"scale": 0.5, "offset": [40, 40]},
+        "linearMode": True,
+        "linearData": {"inputs": [[by_type[kind]["id"], widget] for kind, widget in APP_INPUTS],
+                       "outputs": [by_type[APP_OUTPUT]["id"]]},
+    }
+    graph["id"] = _stable_id(APP)
+    path = UI_FOLDER / f"{APP}.json"
+    path.write_text(json.dumps(graph, indent=1, ensure_ascii=False) + "\n")
+    print("wrote", path.relative_to(REPO_ROOT))
 
 
 CARD_LABELS = {
@@ -322,6 +509,10 @@ if __name__ == "__main__":
         thumbnails(Path(sys.argv[2]))
     elif sys.argv[1:] == ["tidy"]:
         tidy()
+    elif sys.argv[1:] == ["blueprints"]:
+        blueprints()
+    elif sys.argv[1:] == ["app"]:
+        app()
     elif sys.argv[1:] == ["twins"]:
         twins()
     else:
