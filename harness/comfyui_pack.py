@@ -171,7 +171,11 @@ def api_twin_path(name: str, comfyui: Optional[Path] = None) -> Path:
 
 def api_workflow(name: str, *, steps: int = TEST_STEPS, size: int = TEST_SIZE, seed: Optional[int] = None) -> dict:
     """A shipped API-format workflow with the tests' files, working size and step count."""
-    workflow = json.loads(api_twin_path(name).read_text())
+    return with_test_settings(json.loads(api_twin_path(name).read_text()), steps=steps, size=size, seed=seed)
+
+
+def with_test_settings(workflow: dict, *, steps: int = TEST_STEPS, size: int = TEST_SIZE, seed: Optional[int] = None) -> dict:
+    """An API-format workflow, changed in place to the tests' files, working size and step count."""
     for node in workflow.values():
         inputs, kind = node["inputs"], node["class_type"]
         if kind == "LoadImage":

@@ -1,5 +1,6 @@
-"""The node pack inside a real ComfyUI server: the shipped workflows queued over HTTP, the
-template browser, bad input, Cancel, determinism, memory over ten prompts, comfy-cli.
+"""The node pack inside a real ComfyUI server: the shipped workflows and the subgraph blueprints
+queued over HTTP, the template browser, bad input, Cancel, determinism, memory over ten prompts,
+comfy-cli.
 
 One server (``--cpu``, free 127.0.0.1 port, always stopped) serves the whole module; random
 model files sit in an extra model-paths config, media in the server's own input folder. The
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 from urllib.parse import parse_qs, quote, urlparse
 
 import numpy as np
@@ -40,8 +42,10 @@ from harness.comfyui_pack import (
     tiny_upscaler,
     video_frames,
     with_input,
+    with_test_settings,
     write_inputs,
 )
+from tools.workflows import APP, BLUEPRINTS, graph_with_blueprint
 from harness.comfyui_server import PACK_NAME
 from xportrait2_core.weights import checkpoint
 
@@ -50,7 +54,7 @@ UPSCALE_PASTE_BACK = "Portrait video - upscaled"
 ADVANCED_SAMPLER = "Portrait video - any sampler"
 LONG_TAKE = "Portrait video - long take"  # run by test_comfyui_long_take.py
 TWO_FACES = "Portrait video - two faces"  # run by test_comfyui_two_faces.py
-SHIPPED = (PHOTO_TO_VIDEO, UPSCALE_PASTE_BACK, ADVANCED_SAMPLER, LONG_TAKE, TWO_FACES)
+SHIPPED = (PHOTO_TO_VIDEO, UPSCALE_PASTE_BACK, ADVANCED_SAMPLER, LONG_TAKE, TWO_FACES, APP)
 WRONG_NETWORK = "wrong_network"
 PACK_NODES = {
     "XPortrait2Loader", "XPortrait2SourceFaceCrop", "XPortrait2DrivingFaceTrack", "XPortrait2MotionEncode",
@@ -137,6 +141,70 @@ def test_ui_workflow_converts_to_its_api_twin(server, name):
     twin = json.loads(api_twin_path(name, server.comfyui).read_text())
     graph = lambda workflow: {k: (v["class_type"], v["inputs"]) for k, v in workflow.items()}  # noqa: E731
     assert graph(converted) == graph(twin)
+
+
+def _blueprint_api_form(server: PackServer, spec, values: Optional[dict] = None) -> dict:
+    """The blueprint wired as its source graph wires it, in the API format (comfy-cli's converter
+    expands the subgraph and carries the promoted widgets' values, ``values`` where given, to
+    the nodes inside)."""
+    from comfy_cli.workflow_to_api import convert_ui_to_api
+
+    graph = graph_with_blueprint(spec)
+    if values is not None:
+        blueprint = graph["nodes"][-1]
+        blueprint["widgets_values"] = [values[slot["name"]] for slot in blueprint["inputs"] if "widget" in slot]
+    return convert_ui_to_api(graph, server.get_json("/object_info"))
+
+
+def _by_class(workflow: dict) -> dict:
+    """Node ids left out: each class with its inputs, links named by the class they come from."""
+    def named(value):
+        return [workflow[value[0]]["class_type"], value[1]] if isinstance(value, list) else value
+    classes = [node["class_type"] for node in workflow.values()]
+    assert len(classes) == len(set(classes)), classes
+    return {node["class_type"]: {k: named(v) for k, v in node["inputs"].items()} for node in workflow.values()}
+
+
+@pytest.mark.parametrize("spec", BLUEPRINTS, ids=lambda spec: spec.title)
+def test_blueprint_is_its_source_graph_in_one_node(server, spec):
+    # Expanded, with the promoted widgets at their defaults, the blueprint sends exactly what its
+    # source template sends: the same nodes, links and values.
+    assert _by_class(_blueprint_api_form(server, spec)) == _by_class(json.loads(api_twin_path(spec.source, server.comfyui).read_text()))
+
+
+# A value for every promoted widget, none of them its default.
+PROMOTED_VALUES = {
+    "denoising_unet": "other_unet.safetensors", "clip_name": "other_clip.safetensors", "vae_name": "other_vae.safetensors",
+    "seed": 7, "steps": 3, "guidance": 3.5, "size": 128, "face_index": 0, "performer": 1, "max_frames": 5,
+    "blend": "rectangle", "motion_intensity": 0.75,
+}
+PROMOTED_TARGETS = {  # widget -> (class inside, input)
+    "denoising_unet": ("XPortrait2Loader", "denoising_unet"), "clip_name": ("CLIPVisionLoader", "clip_name"),
+    "vae_name": ("XPortrait2LoadTemporalVAE", "vae_name"), "seed": ("XPortrait2Sampler", "seed"),
+    "steps": ("XPortrait2Sampler", "steps"), "guidance": ("XPortrait2Sampler", "guidance"),
+    "size": ("XPortrait2SourceFaceCrop", "size"), "face_index": ("XPortrait2SourceFaceCrop", "face_index"),
+    "motion_intensity": ("XPortrait2MotionLatents", "motion_intensity"),
+}
+
+
+@pytest.mark.parametrize("spec", BLUEPRINTS, ids=lambda spec: spec.title)
+def test_each_promoted_widget_reaches_its_own_input(server, spec):
+    sent = _by_class(_blueprint_api_form(server, spec, PROMOTED_VALUES))
+    track = "XPortrait2DrivingVideoTrack" if "XPortrait2DrivingVideoTrack" in sent else "XPortrait2DrivingFaceTrack"
+    targets = dict(PROMOTED_TARGETS, performer=(track, "performer"))
+    if track == "XPortrait2DrivingVideoTrack":  # the VIDEO path's
+        targets.update(max_frames=(track, "max_frames"), blend=("XPortrait2DecodeToVideo", "blend"))
+    assert {widget: sent[kind][name] for widget, (kind, name) in targets.items()} == {
+        widget: PROMOTED_VALUES[widget] for widget in targets}
+
+
+@pytest.mark.parametrize("spec", BLUEPRINTS, ids=lambda spec: spec.title)
+def test_blueprint_runs_from_its_api_form(server, spec):
+    workflow = with_test_settings(_blueprint_api_form(server, spec), seed=3)
+    frames = _video_of(server, server.run_ok(workflow))
+    expected = (TEST_FRAMES, TEST_SIZE, TEST_SIZE) if "Frames" in spec.title else (TEST_FRAMES, 512, 512)
+    assert frames.shape == (*expected, 3), frames.shape  # the animated crop, or pasted back into the 512 px photo
+    assert frames.std() > 0
 
 
 def test_photo_to_video_workflow_writes_mp4(server):

@@ -404,6 +404,31 @@ def build_blueprint(spec: Blueprint) -> dict:
     }
 
 
+def graph_with_blueprint(spec: Blueprint) -> dict:
+    """The blueprint's source graph with the blueprint node in place of its inner nodes: how an
+    artist wires it (the same loaders and savers), in the UI format."""
+    graph = json.loads((UI_FOLDER / f"{spec.source}.json").read_text())
+    written = build_blueprint(spec)
+    node = dict(written["nodes"][0], id=max(n["id"] for n in graph["nodes"]) + 1)
+    for index, (_name, cut_node, slot) in enumerate(spec.inputs):
+        link_id = max(link[0] for link in graph["links"]) + 1
+        graph["links"].append([link_id, cut_node, slot, node["id"], index, node["inputs"][index]["type"]])
+        node["inputs"][index] = dict(node["inputs"][index], link=link_id)
+    for index, (_name, inner_node, slot) in enumerate(spec.outputs):
+        for link in graph["links"]:
+            if link[1:3] == [inner_node, slot] and link[3] not in spec.inner:
+                link[1:3] = [node["id"], index]
+    graph["links"] = [link for link in graph["links"] if link[1] not in spec.inner and link[3] not in spec.inner]
+    graph["nodes"] = [n for n in graph["nodes"] if n["id"] not in spec.inner and n["type"] != "Note"] + [node]
+    for kept in graph["nodes"]:
+        for index, output in enumerate(kept.get("outputs", [])):
+            output["links"] = [link[0] for link in graph["links"] if link[1:3] == [kept["id"], index]]
+    graph["definitions"] = written["definitions"]
+    graph["last_node_id"] = node["id"]
+    graph["last_link_id"] = max(link[0] for link in graph["links"])
+    return graph
+
+
 def blueprints() -> None:
     BLUEPRINT_FOLDER.mkdir(exist_ok=True)
     for spec in BLUEPRINTS:
@@ -446,6 +471,7 @@ CARD_LABELS = {
     "Portrait video - any sampler": "any ComfyUI sampler and sigmas",
     "Portrait video - long take": "long takes, flat memory, sound kept",
     "Portrait video - two faces": "two faces, two performers, one MP4",
+    "Portrait animation (app)": "App Mode: portrait, video, Run",
 }
 TWO_PEOPLE = {"Portrait video - two faces"}  # cards whose portrait and driving video show two faces
 
