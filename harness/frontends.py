@@ -20,6 +20,9 @@ NEWEST = "1.58.1"
 # The frontends each ComfyUI's browser tests run on. v0.3.64 (Oct 2025) stays on its own: the
 # 2026 frontends need the 2026 server's routes.
 FRONTENDS = {"0.33.0": (BUNDLED, NEWEST)}
+# The ComfyUIs that serve a pack's subgraph blueprints (``/global_subgraphs``) and whose tested
+# frontends have App Mode; on the others the blueprints are not listed and the app opens as a graph.
+BLUEPRINTS_AND_APPS = {"0.33.0"}
 
 
 def frontends_for(comfyui: Path) -> tuple[str, ...]:

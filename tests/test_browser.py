@@ -22,14 +22,16 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from fractions import Fraction
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import unquote
 
 import pytest
 from PIL import Image
 
+from harness import REPO_ROOT
 from harness.comfyui_pack import (
     CLIP_FILE,
     MEDIA,
@@ -43,7 +45,8 @@ from harness.comfyui_pack import (
     error_message,
 )
 from harness.comfyui_server import PACK_NAME, find_comfyui, free_port
-from harness.frontends import BUNDLED, frontends_for, server_arguments
+from harness.frontends import BLUEPRINTS_AND_APPS, BUNDLED, frontends_for, server_arguments
+from tools.workflows import APP_INPUTS, BLUEPRINTS, SEARCH_ALIASES
 from harness.media import write_driving_clip
 from harness.multi_face_media import TWO_FACE_PORTRAIT, TWO_PERFORMER_TAKE, two_face_portrait, two_performer_take
 
@@ -67,6 +70,7 @@ SMALL = {  # (node type, widget) -> value: the quick run's settings, typed into 
 # Video's preview widget) are ignored by it and allowed.
 FRONTEND_EXTRAS = {("SaveVideo", "format.codec.encoding"): "auto", ("SaveVideo", "codec"): "auto"}
 DURATIONS: dict[str, dict[str, float]] = {}
+MEDIA_NAMES = {"LoadImage": "portrait.png", "LoadVideo": "driving.mp4"}  # what the shipped workflows load
 
 
 def _ui(name: str) -> dict:
@@ -199,10 +203,11 @@ class PageWatch:
         page.on("requestfailed", self._request_failed)
 
     def _request_failed(self, request) -> None:
-        # Frontend 1.58 saves the Templates dialog's sort order as the dialog opens, and cancels
-        # that request when a card is clicked: the browser reports ERR_ABORTED for the frontend's
-        # own setting, which nothing of the pack takes part in.
-        if "/api/settings/Comfy.Templates." in request.url and "ERR_ABORTED" in (request.failure or ""):
+        # The frontend saves its own UI state as settings (the Templates dialog's sort order,
+        # which onboarding hints were seen) and cancels a save when the next one or a click
+        # overtakes it: the browser reports ERR_ABORTED for a request that nothing of the pack
+        # takes part in.
+        if "/api/settings/Comfy." in request.url and "ERR_ABORTED" in (request.failure or ""):
             return
         self._add(f"request failed: {request.url} {request.failure}")
 
@@ -269,6 +274,28 @@ SET_WIDGETS = """(changes) => {
 }"""
 
 
+def _skip_the_tour(page) -> None:
+    """App Mode greets a new profile with a tour; a person skips it."""
+    skip = page.get_by_role("button", name="Skip", exact=True)
+    try:
+        skip.first.wait_for(state="visible", timeout=4000)
+    except Exception:
+        return
+    skip.first.click()
+
+
+def _choose_view(page, item: str) -> None:
+    """The workflow menu's 'Exit app mode' / 'Enter app mode'."""
+    page.get_by_test_id("view-mode-toggle").click()
+    page.get_by_role("menuitem", name=item).first.click()
+    page.wait_for_timeout(1000)
+
+
+APP_INPUT_LABELS = """() => [...document.querySelectorAll('[data-testid=app-mode-widget-item]')]
+  .filter(e => e.offsetParent !== null)
+  .map(e => e.querySelector('[data-testid=builder-widget-label]').innerText.trim())"""
+
+
 def _declared_inputs(server: PackServer, kind: str) -> set[str]:
     inputs = server.get_json(f"/object_info/{kind}")[kind]["input"]
     return set(inputs.get("required", {})) | set(inputs.get("optional", {}))
@@ -301,10 +328,19 @@ def test_workflow_opens_from_the_templates_dialog_and_runs(server, frontend, bro
         watch.recording = True  # from the click on the card on
         # The card shows the name as its title and the workflow's own thumbnail.
         assert name in card["text"], card
-        thumbnail = f"/workflow_templates/{quote(PACK_NAME)}/{quote(name)}.jpg"
-        assert any(url.endswith(thumbnail) and status == 200 for url, status in watch.responses), thumbnail
+        thumbnail = f"/workflow_templates/{PACK_NAME}/{name}.jpg"  # the page may or may not escape "(" and ")"
+        assert any(unquote(url).endswith(thumbnail) and status == 200 for url, status in watch.responses), thumbnail
         with Image.open(WORKFLOWS / f"{name}.jpg") as picture:
             assert any(i["width"] == picture.width for i in card["images"]), card
+        app_mode = bool(workflow["extra"].get("linearMode")) and version in BLUEPRINTS_AND_APPS
+        if app_mode:
+            # It opens as an app: only the chosen inputs, in order, under their labels.
+            page.get_by_test_id("linear-widgets").wait_for(state="visible", timeout=60_000)
+            _skip_the_tour(page)
+            assert page.evaluate(APP_INPUT_LABELS) == [label for _kind, _widget, label in APP_INPUTS]
+            assert page.locator("#graph-canvas").bounding_box() is None or not page.locator("#graph-canvas").is_visible()
+            page.screenshot(path=str(tmp_path / f"{name} opened ComfyUI-{version} frontend-{frontend}.png"))
+            _choose_view(page, "Exit app mode")  # and as an ordinary graph, checked below like every template
         page.wait_for_function(f"() => app.graph._nodes.length >= {len(workflow['nodes'])}", timeout=60_000)
         page.wait_for_timeout(3000)  # previews of the loaders' media, model lists, dialogs
         timings["open_s"] = round(time.monotonic() - started, 1)
@@ -354,8 +390,14 @@ def test_workflow_opens_from_the_templates_dialog_and_runs(server, frontend, bro
         changes = [[kind, widget, value] for (kind, widget), value in SMALL.items()]
         page.evaluate(SET_WIDGETS, changes)
         watch.recording = False
+        if app_mode:  # the app's own Run
+            _choose_view(page, "Enter app mode")
+            _skip_the_tour(page)
+            run = page.get_by_test_id("linear-run-button").get_by_role("button", name="Run", exact=True)
+        else:
+            run = page.get_by_role("button", name="Run", exact=True).first
         with page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST") as answer:
-            page.get_by_role("button", name="Run", exact=True).first.click()
+            run.click()
         assert answer.value.status == 200, answer.value.text()
         prompt_id = answer.value.json()["prompt_id"]
         history = server.wait_for(prompt_id, timeout=1200)
@@ -370,11 +412,110 @@ def test_workflow_opens_from_the_templates_dialog_and_runs(server, frontend, bro
             "(file) => [...document.querySelectorAll('video')].some(v => (v.currentSrc || v.src || '').includes(encodeURIComponent(file)) && v.readyState >= 1)",
             arg=saved[0], timeout=60_000,
         )
-        page.get_by_role("button", name="Fit View").first.click()
-        page.wait_for_timeout(1000)
+        if not app_mode:
+            page.get_by_role("button", name="Fit View").first.click()
+            page.wait_for_timeout(1000)
         shot = tmp_path / f"{name} ComfyUI-{version} frontend-{frontend}.png"
         page.screenshot(path=str(shot))
         print(f"\nscreenshot: {shot}")
         timings["total_s"] = round(time.monotonic() - started, 1)
+    finally:
+        page.close()
+
+
+WIRE_BLUEPRINT = """([portrait, take]) => {
+  const blueprint = app.graph._nodes[0];
+  const add = (type, x, y) => { const node = LiteGraph.createNode(type); node.pos = [x, y]; app.graph.add(node); return node; };
+  const image = add("LoadImage", blueprint.pos[0] - 420, blueprint.pos[1]);
+  const video = add("LoadVideo", blueprint.pos[0] - 420, blueprint.pos[1] + 420);
+  const save = add("SaveVideo", blueprint.pos[0] + blueprint.size[0] + 80, blueprint.pos[1]);
+  image.widgets.find(w => w.name === "image").value = portrait;
+  video.widgets.find(w => w.name === "file").value = take;
+  const slot = (node, name) => node.inputs.findIndex(i => i.name === name);
+  image.connect(0, blueprint, slot(blueprint, "portrait"));
+  video.connect(0, blueprint, slot(blueprint, "driving_video"));
+  blueprint.connect(0, save, slot(save, "video"));
+  for (const [name, value] of [["steps", 2], ["size", 64]]) blueprint.widgets.find(w => w.name === name).value = value;
+  app.graph.setDirtyCanvas(true, true);
+  return app.graph._nodes.map(n => n.type);
+}"""
+LIBRARY_RESULTS = """() => [...document.querySelectorAll('.side-bar-panel [role=treeitem], .side-bar-panel .p-tree-node-label')]
+  .filter(e => e.offsetParent !== null).map(e => e.innerText.split('\\n')[0].trim())"""
+
+
+def test_blueprint_from_the_node_library_runs(server, frontend, browser, tmp_path):
+    version = comfyui_version(server.comfyui)
+    if version not in BLUEPRINTS_AND_APPS:
+        # An older ComfyUI does not serve blueprints: the pack loads there as before, and the
+        # templates test above runs every template on it.
+        with pytest.raises(urllib.error.HTTPError):
+            server.get_json("/global_subgraphs")
+        return
+    spec = BLUEPRINTS[0]
+    served = {entry["name"]: entry for entry in server.get_json("/global_subgraphs").values()}
+    assert {blueprint.title for blueprint in BLUEPRINTS} <= set(served), sorted(served)
+    assert served[spec.title]["info"]["search_aliases"] == list(SEARCH_ALIASES)
+    page = browser.contexts[0].new_page()
+    page.set_viewport_size({"width": 1600, "height": 1000})
+    watch = PageWatch(page)
+    try:
+        page.goto(server.url)
+        page.wait_for_function("() => window.app && window.app.graph && window.app.canvas", timeout=180_000)
+        dialog = page.get_by_test_id("template-workflows-content")
+        try:  # the Templates dialog a new profile opens by itself, closed as a person would
+            dialog.wait_for(state="visible", timeout=8000)
+            page.keyboard.press("Escape")
+            dialog.wait_for(state="hidden", timeout=10_000)
+        except Exception:
+            pass
+        page.evaluate("() => app.extensionManager.command.execute('Comfy.NewBlankWorkflow')")
+        page.wait_for_function("() => app.graph._nodes.length === 0", timeout=30_000)
+        watch.recording = True
+
+        # The node library finds it by its name and by what artists type.
+        page.locator(".side-tool-bar-container").get_by_text("Nodes", exact=True).first.click()
+        search = page.get_by_placeholder("Search", exact=False).first
+        for words in ("portrait animation", "talking head", "expression transfer"):
+            search.fill(words)
+            page.wait_for_function(f"() => ({LIBRARY_RESULTS})().includes({json.dumps(spec.title)})", timeout=30_000)
+        page.screenshot(path=str(tmp_path / f"blueprint in the library ComfyUI-{version} frontend-{frontend}.png"))
+        search.fill("portrait animation")
+        page.get_by_text(spec.title, exact=True).first.drag_to(page.locator("#graph-canvas"), target_position={"x": 900, "y": 300})
+        page.wait_for_function("() => app.graph._nodes.length > 0", timeout=30_000)
+        page.wait_for_timeout(1500)
+        assert page.evaluate("() => app.graph._nodes.length") == 1
+        added = page.evaluate("() => { const n = app.graph._nodes[0]; return {title: n.title, widgets: n.widgets.map(w => w.name), "
+                              "inputs: n.inputs.filter(i => !i.widget).map(i => i.name), outputs: n.outputs.map(o => o.name)} }")
+        assert added["title"] == spec.title
+        assert added["inputs"] == [name for name, _, _ in spec.inputs] and added["outputs"] == ["video"], added
+        assert {"denoising_unet", "seed", "steps", "guidance", "size", "face_index", "performer", "blend",
+                "motion_intensity"} <= set(added["widgets"]), added
+
+        # Wired to core Load Image, Load Video and Save Video, turned down to a quick run.
+        types = page.evaluate(WIRE_BLUEPRINT, [MEDIA_NAMES["LoadImage"], MEDIA_NAMES["LoadVideo"]])
+        assert types[1:] == ["LoadImage", "LoadVideo", "SaveVideo"], types
+        prompt = page.evaluate("async () => (await app.graphToPrompt()).output")
+        inner = {node["type"] for node in json.loads((REPO_ROOT / "subgraphs" / f"{spec.title}.json").read_text())
+                 ["definitions"]["subgraphs"][0]["nodes"]}
+        assert {node["class_type"] for node in prompt.values()} == inner | {"LoadImage", "LoadVideo", "SaveVideo"}
+        assert {node["inputs"]["steps"] for node in prompt.values() if node["class_type"] == "XPortrait2Sampler"} == {2}
+        assert not watch.problems, watch.problems
+        watch.recording = False
+        with page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST") as answer:
+            page.get_by_role("button", name="Run", exact=True).first.click()
+        assert answer.value.status == 200, answer.value.text()
+        history = server.wait_for(answer.value.json()["prompt_id"], timeout=1200)
+        assert history["status"]["status_str"] == "success", error_message(history)
+        saved = [item["filename"] for out in history["outputs"].values() for item in out.get("images", [])
+                 if item["filename"].endswith(".mp4")]
+        assert len(saved) == 1, history["outputs"]
+        # The library closed and the graph in view, as a person looks at the result.
+        page.locator(".side-tool-bar-container").get_by_text("Nodes", exact=True).first.click()
+        page.get_by_role("button", name="Fit View").first.click()
+        page.wait_for_function(
+            "(file) => [...document.querySelectorAll('video')].some(v => (v.currentSrc || v.src || '').includes(encodeURIComponent(file)) && v.readyState >= 1)",
+            arg=saved[0], timeout=60_000,
+        )
+        page.screenshot(path=str(tmp_path / f"blueprint node ComfyUI-{version} frontend-{frontend}.png"))
     finally:
         page.close()

@@ -442,8 +442,9 @@ def blueprints() -> None:
 APP = "Portrait animation (app)"
 APP_SOURCE = "Portrait video - long take"
 # What the app shows: (node type, widget), in this order, and the node whose result it shows.
-APP_INPUTS = (("LoadImage", "image"), ("LoadVideo", "file"), ("XPortrait2Sampler", "seed"),
-              ("XPortrait2Sampler", "steps"), ("XPortrait2SourceFaceCrop", "face_index"))
+APP_INPUTS = (("LoadImage", "image", "portrait"), ("LoadVideo", "file", "driving video"),
+              ("XPortrait2Sampler", "seed", "seed"), ("XPortrait2Sampler", "steps", "steps"),
+              ("XPortrait2SourceFaceCrop", "face_index", "which face (-1: the largest)"))
 APP_OUTPUT = "SaveVideo"
 
 
@@ -452,11 +453,16 @@ def app() -> None:
     by_type = {node["type"]: node for node in graph["nodes"]}
     face_crop = by_type["XPortrait2SourceFaceCrop"]
     face_crop["widgets_values"] = [face_crop["widgets_values"][0], -1]  # face_index shown: -1, the largest
+    for kind, widget, label in APP_INPUTS:
+        if label != widget:  # the name the app shows: the widget's input slot carries it
+            slots = by_type[kind].setdefault("inputs", [])
+            slots.append({"name": widget, "type": "COMBO" if kind.startswith("Load") else "INT",
+                          "widget": {"name": widget}, "link": None, "label": label})
     set_note(graph, APP)
     graph["extra"] = {
         "ds": {"scale": 0.5, "offset": [40, 40]},
         "linearMode": True,
-        "linearData": {"inputs": [[by_type[kind]["id"], widget] for kind, widget in APP_INPUTS],
+        "linearData": {"inputs": [[by_type[kind]["id"], widget] for kind, widget, _label in APP_INPUTS],
                        "outputs": [by_type[APP_OUTPUT]["id"]]},
     }
     graph["id"] = _stable_id(APP)
