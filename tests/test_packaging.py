@@ -12,7 +12,10 @@ Two ways in, two promises:
 from __future__ import annotations
 
 import ast
+import importlib.util
+import os
 import re
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -183,3 +186,19 @@ def test_registry_icon_is_the_repository_file_its_url_names():
         assert icon.format == "PNG", icon.format
         assert icon.width <= 800 and icon.height <= 400, f"{path} is {icon.width}x{icon.height}, above 800x400"
 
+
+def test_comfy_node_validate_accepts_the_pyproject():
+    """What ``comfy node publish`` checks first, offline: the [tool.comfy] table, the version
+    ranges (a malformed requires-comfyui is only a warning, and the registry then gets no range)
+    and ruff's security rules. Any warning fails here."""
+    assert importlib.util.find_spec("comfy_cli"), "comfy-cli is not installed (pip install -e .[test])"
+    # Telemetry off: no prompt, and no attempt to reach the network.
+    env = {**os.environ, "DO_NOT_TRACK": "1", "COMFY_NO_TELEMETRY": "1"}
+    answer = subprocess.run(
+        [sys.executable, "-m", "comfy_cli", "--skip-prompt", "node", "validate"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env=env,
+    )
+    output = answer.stdout + answer.stderr
+    assert answer.returncode == 0, output[-3000:]
+    assert "All validation checks passed" in output, output[-3000:]
+    assert not re.search(r"warning|error", output, re.IGNORECASE), output[-3000:]
