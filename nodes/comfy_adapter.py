@@ -4,6 +4,8 @@
 ``folder_paths`` and ``latent_preview`` are not versioned APIs and move between ComfyUI releases;
 keeping them in this one module makes an upgrade a one-file change. The node modules import
 only ``comfy_api`` and this adapter; the engine (``xportrait2_core``) imports neither.
+Every ComfyUI name used here is listed, with the call made, in ``comfy_names.py`` (a new use
+must be added there: ``tests/test_comfyui_names.py`` checks both the list and ComfyUI).
 """
 
 from __future__ import annotations

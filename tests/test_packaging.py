@@ -12,7 +12,10 @@ Two ways in, two promises:
 from __future__ import annotations
 
 import ast
+import importlib.util
+import os
 import re
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -33,16 +36,18 @@ def requirement_lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
-def pyproject_dependencies() -> list[str]:
+def pyproject() -> dict:
     import tomllib
 
-    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+
+
+def pyproject_dependencies() -> list[str]:
+    return pyproject()["project"]["dependencies"]
 
 
 def pyproject_optional_dependencies() -> dict[str, list[str]]:
-    import tomllib
-
-    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    return pyproject()["project"]["optional-dependencies"]
 
 
 def distribution_of(module: str) -> str:
@@ -160,3 +165,40 @@ def test_the_command_line_modules_depend_one_way():
     _, cli_imports = imports_of(core / "cli.py")
     assert core / "cli.py" not in farm_cli_imports
     assert core / "farm_cli.py" in cli_imports
+
+
+def test_registry_icon_is_the_repository_file_its_url_names():
+    """The registry shows ``[tool.comfy] Icon`` by URL: the raw GitHub address of this repository
+    (``[project.urls] Repository``), which must name a committed PNG within the registry's 800x400."""
+    from PIL import Image
+
+    config = pyproject()
+    repository = config["project"]["urls"]["Repository"].removesuffix("/")
+    owner_and_name = repository.removeprefix("https://github.com/")
+    assert owner_and_name != repository, f"Repository is not a GitHub address: {repository}"
+    icon_url = config["tool"]["comfy"]["Icon"]
+    prefix = f"https://raw.githubusercontent.com/{owner_and_name}/"
+    assert icon_url.startswith(prefix), f"Icon {icon_url!r} is not a raw file of {repository}"
+    _branch, _, path = icon_url.removeprefix(prefix).partition("/")
+    icon_file = REPO_ROOT / path
+    assert icon_file.is_file(), f"Icon names {path}, which is not in the repository"
+    with Image.open(icon_file) as icon:
+        assert icon.format == "PNG", icon.format
+        assert icon.width <= 800 and icon.height <= 400, f"{path} is {icon.width}x{icon.height}, above 800x400"
+
+
+def test_comfy_node_validate_accepts_the_pyproject():
+    """What ``comfy node publish`` checks first, offline: the [tool.comfy] table, the version
+    ranges (a malformed requires-comfyui is only a warning, and the registry then gets no range)
+    and ruff's security rules. Any warning fails here."""
+    assert importlib.util.find_spec("comfy_cli"), "comfy-cli is not installed (pip install -e .[test])"
+    # Telemetry off: no prompt, and no attempt to reach the network.
+    env = {**os.environ, "DO_NOT_TRACK": "1", "COMFY_NO_TELEMETRY": "1"}
+    answer = subprocess.run(
+        [sys.executable, "-m", "comfy_cli", "--skip-prompt", "node", "validate"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env=env,
+    )
+    output = answer.stdout + answer.stderr
+    assert answer.returncode == 0, output[-3000:]
+    assert "All validation checks passed" in output, output[-3000:]
+    assert not re.search(r"warning|error", output, re.IGNORECASE), output[-3000:]
