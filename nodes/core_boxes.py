@@ -1,4 +1,4 @@
-"""Core ComfyUI's bounding boxes (BOUNDING_BOX, ComfyUI 0.33 and later) in and out of the face nodes.
+"""Core ComfyUI's bounding boxes (BOUNDING_BOX: v0.33.0 has them) in and out of the face nodes.
 
 A core box is a dict ``{"x", "y", "width", "height"}`` in picture pixels. Core nodes pass a
 BOUNDING_BOX value as one such dict, a flat list of them (one picture), or a list with one list of
