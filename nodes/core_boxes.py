@@ -22,9 +22,12 @@ def face_box_inputs(tooltip: str) -> list:
     """The optional ``face_box`` socket, or nothing on a ComfyUI without core boxes."""
     if not HAS_CORE_BOXES:
         return []
-    # force_input: a socket only. As a widget it would always send its default box and so
-    # always choose a face, and saved workflows would gain a widget value.
-    return [io.BoundingBox.Input("face_box", optional=True, force_input=True, tooltip=tooltip)]
+    # A socket only, with no default: as a widget, or with the default box core puts on every
+    # BoundingBox input, a prompt would always carry a box (the frontend's widget value, or the
+    # default comfy-cli's converter fills in for an absent input) and so always choose a face.
+    socket = io.BoundingBox.Input("face_box", optional=True, socketless=False, force_input=True, tooltip=tooltip)
+    socket.default = None
+    return [socket]
 
 
 def face_box_outputs(display_name: str, tooltip: str) -> list:

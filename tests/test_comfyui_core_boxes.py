@@ -71,7 +71,9 @@ def test_box_sockets_follow_the_core_type(server):
         assert ("face_box" in optional) == present, optional
         if present:
             assert node["output"][-1] == optional["face_box"][0] == "BOUNDING_BOX"
-            assert optional["face_box"][1].get("forceInput") is True, "a socket, never a widget with a default box"
+            options = optional["face_box"][1]
+            assert options.get("forceInput") is True and not options.get("socketless"), "a socket, never a widget"
+            assert "default" not in options, "no default box that a converted prompt would carry"
 
 
 def box_node(box: dict) -> dict:
