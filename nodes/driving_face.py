@@ -12,12 +12,14 @@ from ..xportrait2_core.media.driving_take import DrivingTake, track_take
 from ..xportrait2_core.media.face_track import (
     LARGEST_PERFORMER,
     Performer,
+    bridge_missing,
     crop_driving_frames,
     plan_driving_crops,
     track_face,
 )
 from ..xportrait2_core.models.motion_encoder import MOTION_BATCH
 from . import comfy_adapter
+from .core_boxes import core_track, face_box_inputs, face_box_outputs, performer_choice, with_face_boxes
 from .types import LARGEST_INDEX, CATEGORY, DrivingTrack, DrivingVideo, XP2DrivingTrack, XP2DrivingVideo, engine_to_images
 
 
@@ -29,7 +31,22 @@ def _performer_input() -> io.Int.Input:
     )
 
 
-def _performer(index: int) -> Performer:
+def _performer_box_inputs() -> list:
+    return face_box_inputs(
+        "optional: follow the face this box points at (one that surrounds it or lies on it) at the first frame that "
+        "shows faces, instead of performer; a list of boxes per frame is read at that frame (its first box)"
+    )
+
+
+def _track_box_outputs() -> list:
+    return face_box_outputs(
+        "face_track", "the followed face's box in every frame (bridged where it was not detected), for core box nodes"
+    )
+
+
+def _performer(index: int, face_box) -> Performer:
+    if face_box is not None:
+        return performer_choice(face_box)
     return LARGEST_PERFORMER if index == LARGEST_INDEX else index
 
 
@@ -56,25 +73,28 @@ class XPortrait2DrivingFaceTrack(io.ComfyNode):
             inputs=[
                 io.Image.Input("frames", tooltip="the driving video as an IMAGE batch, at least 2 frames"),
                 _performer_input(),
+                *_performer_box_inputs(),
             ],
             outputs=[
                 io.Image.Output(display_name="face_crops"),
                 XP2DrivingTrack.Output(display_name="driving_track"),
+                *_track_box_outputs(),
             ],
         )
 
     @classmethod
-    def execute(cls, frames: torch.Tensor, performer: int = LARGEST_INDEX) -> io.NodeOutput:
+    def execute(cls, frames: torch.Tensor, performer: int = LARGEST_INDEX, face_box=None) -> io.NodeOutput:
         count = frames.shape[0]
         _require_two_frames(count)
 
         def chunks():
             return (frames[start : start + MOTION_BATCH, ..., :3] for start in range(0, count, MOTION_BATCH))
 
-        track = track_face(chunks(), comfy_adapter.face_detector(), performer=_performer(performer))
+        track = track_face(chunks(), comfy_adapter.face_detector(), performer=_performer(performer, face_box))
         plan = plan_driving_crops(track)
         crops = torch.cat(list(crop_driving_frames(chunks(), plan)))
-        return io.NodeOutput(engine_to_images(crops), DrivingTrack(plan, track.found))
+        outputs = (engine_to_images(crops), DrivingTrack(plan, track.found))
+        return io.NodeOutput(*with_face_boxes(outputs, core_track(bridge_missing(track.boxes))))
 
 
 class XPortrait2DrivingVideoTrack(io.ComfyNode):
@@ -96,18 +116,20 @@ class XPortrait2DrivingVideoTrack(io.ComfyNode):
                     tooltip="animate only the first N frames (0: the whole take)",
                 ),
                 _performer_input(),
+                *_performer_box_inputs(),
             ],
-            outputs=[XP2DrivingVideo.Output(display_name="driving_video")],
+            outputs=[XP2DrivingVideo.Output(display_name="driving_video"), *_track_box_outputs()],
         )
 
     @classmethod
-    def execute(cls, video, max_frames: int, performer: int = LARGEST_INDEX) -> io.NodeOutput:
+    def execute(cls, video, max_frames: int, performer: int = LARGEST_INDEX, face_box=None) -> io.NodeOutput:
         # A path, or (for a VIDEO made in memory) one BytesIO that every pass rewinds: asking
         # again would encode such a video again.
         source = video.get_stream_source()
         name = Path(source).name if isinstance(source, str) else "the driving VIDEO"
         take = DrivingTake.open(lambda: source, name, max_frames or None)
         progress = comfy_adapter.StepProgress(take.expected_frames)
-        track = track_take(take, comfy_adapter.face_detector(), progress.engine_callback, _performer(performer))
+        track = track_take(take, comfy_adapter.face_detector(), progress.engine_callback, _performer(performer, face_box))
         _require_two_frames(track.frame_count)
-        return io.NodeOutput(DrivingVideo(take, DrivingTrack(plan_driving_crops(track), track.found)))
+        driving_video = DrivingVideo(take, DrivingTrack(plan_driving_crops(track), track.found))
+        return io.NodeOutput(*with_face_boxes((driving_video,), core_track(bridge_missing(track.boxes))))

@@ -22,6 +22,7 @@ from einops import rearrange
 
 from ..models.motion_encoder import CROP_SIZE
 from .crops import FaceBox, frame_batch, frames_to_images, resize_like_pillow, scaled_face_square
+from .face_choice_box import FaceChoiceBox, face_at_box
 from .face_detector import FaceDetectorRunner, FaceNotFoundError, left_to_right, most_prominent
 from .images import MediaError
 
@@ -33,10 +34,11 @@ FOLLOW_DISTANCE_PER_FRAME = 0.25
 # (the test videos' faces change size by under 5 % between frames).
 FOLLOW_SIZE_RATIO = 1.5
 TRACK_SMOOTHING_SIGMA = 5.0
-# Which driving face to follow: the most prominent one, or an index counted left to right at the
-# first frame that shows faces.
+# Which driving face to follow, chosen at the first frame that shows faces: the most prominent
+# one, an index counted left to right, the face a box points at, or the face the box of that
+# frame points at (a tuple of one box per frame; None where a frame has none).
 LARGEST_PERFORMER = "largest"
-Performer = Union[str, int]
+Performer = Union[str, int, FaceChoiceBox, tuple[Union[FaceChoiceBox, None], ...]]
 TRACK_SMOOTHING_RADIUS = 20
 
 
@@ -67,6 +69,9 @@ class _FaceFollower:
     def _first(self, faces: torch.Tensor) -> torch.Tensor:
         if self._performer == LARGEST_PERFORMER:
             return most_prominent(faces)
+        if isinstance(self._performer, (FaceChoiceBox, tuple)):
+            where = f"frame {self._frame} of {self._name}, the first frame with faces"
+            return faces[face_at_box(faces, self._box_at_first_faces(), where)]
         if not 0 <= self._performer < len(faces):
             shown = "1 face" if len(faces) == 1 else f"{len(faces)} faces"
             raise FaceNotFoundError(
@@ -74,6 +79,17 @@ class _FaceFollower:
                 f"with faces, shows {shown} (performers 0 to {len(faces) - 1}, left to right)"
             )
         return left_to_right(faces)[self._performer]
+
+    def _box_at_first_faces(self) -> FaceChoiceBox:
+        if isinstance(self._performer, FaceChoiceBox):
+            return self._performer
+        box = self._performer[self._frame] if self._frame < len(self._performer) else None
+        if box is None:
+            raise FaceNotFoundError(
+                f"the performer's boxes give none for frame {self._frame} of {self._name}, the first frame with "
+                f"faces (they cover {len(self._performer)} frames): give one box, or one for that frame"
+            )
+        return box
 
     def follow(self, faces: torch.Tensor) -> torch.Tensor | None:
         self._frame += 1

@@ -1,15 +1,17 @@
 """Choosing which faces of a portrait to animate: ``largest`` (the most prominent one, the
-default), ``all``, or indices such as ``0,2``. Faces are numbered left to right by the centre of
+default), ``all``, indices such as ``0,2``, or the face a :class:`FaceChoiceBox` points at. Faces are numbered left to right by the centre of
 their box, so an index names the same person however the detector ordered its output."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Union
 
 import torch
 
 from .crops import FaceBox
+from .face_choice_box import FaceChoiceBox, face_at_box
 from .face_detector import FaceDetectorRunner, detect_faces, most_prominent
 from .images import MediaError
 from .source_crops import REFERENCE_IMAGE_SIZE, SourcePortrait, portrait_from_face
@@ -46,8 +48,13 @@ def check_face_index(index: int, face_count: int, name: str) -> None:
         )
 
 
-def selected_indices(faces: torch.Tensor, selection: str | Sequence[int], name: str) -> list[int]:
+FaceSelection = Union[str, Sequence[int], FaceChoiceBox]
+
+
+def selected_indices(faces: torch.Tensor, selection: FaceSelection, name: str) -> list[int]:
     """Indices (left to right) of the chosen faces among ``(N, 15)`` detections numbered left to right."""
+    if isinstance(selection, FaceChoiceBox):
+        return [face_at_box(faces, selection, name)]
     if selection == LARGEST:
         boxes = faces[:, :5]
         return [int((boxes == most_prominent(boxes)).all(dim=1).nonzero()[0])]
@@ -78,7 +85,7 @@ class PortraitFaces:
 def prepare_portrait_faces(
     image: torch.Tensor,
     detector: FaceDetectorRunner,
-    selection: str | Sequence[int] = LARGEST,
+    selection: FaceSelection = LARGEST,
     name: str = "the source image",
     reference_size: int = REFERENCE_IMAGE_SIZE,
 ) -> PortraitFaces:
