@@ -83,6 +83,10 @@ COMFYUI_NAMES: tuple[ComfyName, ...] = (
     ComfyName("comfy.model_patcher:ModelPatcher.load_device", instance=True),
     # Newer ComfyUIs swap this for their dynamic-VRAM patcher at start-up.
     ComfyName("comfy.model_patcher:CoreModelPatcher", calls=("model, load_device=, offload_device=",), optional=True),
+    # Wrapped to add our blueprints' search aliases to the entries it lists (absent before v0.33).
+    ComfyName("app.subgraph_manager:SubgraphManager", optional=True),
+    ComfyName("app.subgraph_manager:SubgraphManager.get_custom_node_subgraphs", calls=("loadedModules, force_reload=",),
+              optional=True),
     # The denoiser's noise schedule and epsilon parameterisation (subclassed by the adapter).
     ComfyName(
         "comfy.model_sampling:ModelSamplingDiscrete",

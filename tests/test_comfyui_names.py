@@ -95,6 +95,8 @@ CHILD = textwrap.dedent(
         try:
             obj = importlib.import_module(entry.module)
         except Exception as error:
+            if entry.optional and isinstance(error, ModuleNotFoundError):
+                return None  # a ComfyUI before the module: the adapter does without it
             return f"module {entry.module} does not import: {error!r}"
         parent, parts = None, entry.qualname.split(".")
         signature = None

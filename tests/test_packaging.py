@@ -25,7 +25,7 @@ from harness import REPO_ROOT
 # Import names whose distribution is named otherwise (the test venv may lack some of them).
 DISTRIBUTION_OF = {"PIL": "pillow", "yaml": "pyyaml"}
 FARM_MODULE = "xportrait2_core/farm.py"
-COMFYUI_MODULES = {"comfy", "comfy_api", "comfy_extras", "folder_paths", "latent_preview", "nodes", "server"}
+COMFYUI_MODULES = {"app", "comfy", "comfy_api", "comfy_extras", "folder_paths", "latent_preview", "nodes", "server"}
 
 
 def requirement_name(line: str) -> str:
