@@ -448,7 +448,7 @@ APP_INPUTS = (("LoadImage", "image", "portrait"), ("LoadVideo", "file", "driving
 APP_OUTPUT = "SaveVideo"
 
 
-def app() -> None:
+def build_app() -> dict:
     graph = json.loads((UI_FOLDER / f"{APP_SOURCE}.json").read_text())
     by_type = {node["type"]: node for node in graph["nodes"]}
     face_crop = by_type["XPortrait2SourceFaceCrop"]
@@ -466,8 +466,14 @@ def app() -> None:
                        "outputs": [by_type[APP_OUTPUT]["id"]]},
     }
     graph["id"] = _stable_id(APP)
+    layout(graph)
+    graph["nodes"].sort(key=lambda n: n["id"])
+    return graph
+
+
+def app() -> None:
     path = UI_FOLDER / f"{APP}.json"
-    path.write_text(json.dumps(graph, indent=1, ensure_ascii=False) + "\n")
+    path.write_text(json.dumps(build_app(), indent=1, ensure_ascii=False) + "\n")
     print("wrote", path.relative_to(REPO_ROOT))
 
 
