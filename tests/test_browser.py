@@ -24,6 +24,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 from urllib.parse import unquote
@@ -220,6 +221,20 @@ class PageWatch:
             self.problems.append(text)
 
 
+@contextmanager
+def comfyui_page(browser, server: PackServer):
+    """A new tab with ComfyUI's page loaded and its problems watched; closed afterwards."""
+    page = browser.contexts[0].new_page()
+    page.set_viewport_size({"width": 1600, "height": 1000})
+    watch = PageWatch(page)
+    try:
+        page.goto(server.url)
+        page.wait_for_function("() => window.app && window.app.graph && window.app.canvas", timeout=180_000)
+        yield page, watch
+    finally:
+        page.close()
+
+
 def _open_template(page, name: str) -> dict:
     """Templates dialog -> this pack -> the card. Returns what the card showed."""
     content = page.get_by_test_id("template-workflows-content")
@@ -318,12 +333,7 @@ def test_workflow_opens_from_the_templates_dialog_and_runs(server, frontend, bro
     timings = DURATIONS.setdefault(f"{version} {frontend} {name}", {})
     started = time.monotonic()
     workflow = _ui(name)
-    page = browser.contexts[0].new_page()
-    page.set_viewport_size({"width": 1600, "height": 1000})
-    watch = PageWatch(page)
-    try:
-        page.goto(server.url)
-        page.wait_for_function("() => window.app && window.app.graph && window.app.canvas", timeout=180_000)
+    with comfyui_page(browser, server) as (page, watch):
         card = _open_template(page, name)
         watch.recording = True  # from the click on the card on
         # The card shows the name as its title and the workflow's own thumbnail.
@@ -419,8 +429,7 @@ def test_workflow_opens_from_the_templates_dialog_and_runs(server, frontend, bro
         page.screenshot(path=str(shot))
         print(f"\nscreenshot: {shot}")
         timings["total_s"] = round(time.monotonic() - started, 1)
-    finally:
-        page.close()
+
 
 
 WIRE_BLUEPRINT = """([portrait, take]) => {
@@ -455,12 +464,7 @@ def test_blueprint_from_the_node_library_runs(server, frontend, browser, tmp_pat
     served = {entry["name"]: entry for entry in server.get_json("/global_subgraphs").values()}
     assert {blueprint.title for blueprint in BLUEPRINTS} <= set(served), sorted(served)
     assert served[spec.title]["info"]["search_aliases"] == list(SEARCH_ALIASES)
-    page = browser.contexts[0].new_page()
-    page.set_viewport_size({"width": 1600, "height": 1000})
-    watch = PageWatch(page)
-    try:
-        page.goto(server.url)
-        page.wait_for_function("() => window.app && window.app.graph && window.app.canvas", timeout=180_000)
+    with comfyui_page(browser, server) as (page, watch):
         dialog = page.get_by_test_id("template-workflows-content")
         try:  # the Templates dialog a new profile opens by itself, closed as a person would
             dialog.wait_for(state="visible", timeout=8000)
@@ -517,5 +521,3 @@ def test_blueprint_from_the_node_library_runs(server, frontend, browser, tmp_pat
             arg=saved[0], timeout=60_000,
         )
         page.screenshot(path=str(tmp_path / f"blueprint node ComfyUI-{version} frontend-{frontend}.png"))
-    finally:
-        page.close()
