@@ -154,6 +154,12 @@ def comfyui_version(comfyui: Path) -> str:
     return match.group(1)
 
 
+def has_core_box_type(comfyui: Path) -> bool:
+    """Whether a ComfyUI checkout declares core's BOUNDING_BOX type (v0.33 does, v0.3.64 not)."""
+    declarations = comfyui / "comfy_api" / "latest" / "_io.py"
+    return declarations.is_file() and "class BoundingBox(" in declarations.read_text()
+
+
 def api_twin_path(name: str, comfyui: Optional[Path] = None) -> Path:
     """The API-format twin of a shipped workflow, written for the version of the ComfyUI under test."""
     comfyui = comfyui or find_comfyui()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.comfyui_pack import write_models
+from harness.comfyui_pack import has_core_box_type, write_models
 from harness.comfyui_server import HOW_TO_PROVIDE, find_comfyui
 from harness.media import media
 from tests.golden import PARITY_RESULTS, GoldenFixture, fixture_dirs
@@ -41,12 +41,20 @@ def golden_models(golden_weights):
     return load_models(golden_weights, device="cpu", dtype=torch.float32)
 
 
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(config, items):
     # `-m comfyui` selects every test that runs against a real ComfyUI (CI runs that subset on
     # the older of the two ComfyUIs it supports).
     for item in items:
         if "comfyui_path" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.comfyui)
+    # Tests of the core box sockets need a ComfyUI with the BOUNDING_BOX type; on one without it
+    # they are not collected (test_box_sockets_follow_the_core_type checks the sockets' absence).
+    comfyui = find_comfyui()
+    if comfyui is not None and not has_core_box_type(comfyui):
+        unfit = [item for item in items if "core_boxes" in getattr(item, "fixturenames", ())]
+        if unfit:
+            config.hook.pytest_deselected(items=unfit)
+            items[:] = [item for item in items if item not in unfit]
 
 
 @pytest.fixture(scope="session")

@@ -53,10 +53,8 @@ def has_core_boxes(server: PackServer) -> bool:
 
 @pytest.fixture(scope="module")
 def core_boxes(server):
-    # The only skip here: box sockets exist only where ComfyUI has the type (0.33.0 has it,
-    # 0.3.64 does not); test_box_sockets_follow_the_core_type checks their absence there.
-    if not has_core_boxes(server):
-        pytest.skip(f"ComfyUI {comfyui_version(server.comfyui)} has no BOUNDING_BOX type, so the pack has no box sockets")
+    # Tests that use core's boxes are collected only where ComfyUI declares the type (conftest).
+    assert has_core_boxes(server), f"ComfyUI {comfyui_version(server.comfyui)} lists no core box node"
 
 
 def test_box_sockets_follow_the_core_type(server):
