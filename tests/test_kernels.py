@@ -19,6 +19,7 @@ import torch
 
 from tests.kernel_cases import CASES, DTYPES, module_cases
 from xportrait2_core import kernels
+from xportrait2_core.models.operations import LayerFactory, skip_init_operations
 
 CASES_SCRIPT = Path(__file__).with_name("kernel_cases.py")
 
@@ -50,3 +51,32 @@ def test_levers_fall_back_to_eager_without_a_runnable_device(module):
     for tensor in (torch.zeros(1), torch.zeros(1, dtype=torch.float16)):
         assert not kernels.triton_can_run(tensor)
     module_cases(DTYPES["fp32"], everything, module, expect_kernels=False)
+
+
+def test_each_lever_swaps_modules_of_the_denoiser_and_restores_them():
+    """The bench's lever rows switch these on ``models.denoiser``: each must reach modules there
+    (a lever that swaps nothing would measure the plain path) and leave none swapped."""
+    from xportrait2_core.models.attention_stack import AttentionStack
+    from xportrait2_core.models.config import UNetConfig
+    from xportrait2_core.models.unet3d import DenoisingUNet3D
+
+    config = UNetConfig(block_out_channels=(32, 32, 32, 32), attention_heads=2, motion_heads=2, temporal_heads=2)
+    denoiser = DenoisingUNet3D(config, LayerFactory(operations=skip_init_operations, device="meta"))
+    stacks = [m for m in denoiser.modules() if isinstance(m, AttentionStack)]
+    assert stacks
+    for lever in ("fused_geglu", "fused_residual_layer_norm", "fused_layout_layer_norm", "fused_group_norm_silu"):
+        with getattr(kernels, lever)(denoiser):
+            swapped = {type(m).__name__ for m in denoiser.modules() if "forward" in m.__dict__}
+        assert swapped == SWAPPED_BY[lever], lever
+        assert not [m for m in denoiser.modules() if "forward" in m.__dict__ or "_kernel_fusions" in m.__dict__]
+    with kernels.fused_residual_layer_norm(denoiser), kernels.fused_layout_layer_norm(denoiser):
+        assert all(m._kernel_fusions == {"residual + LayerNorm", "layout + LayerNorm"} for m in stacks)
+    assert not [m for m in stacks if "forward" in m.__dict__]
+
+
+SWAPPED_BY = {
+    "fused_geglu": {"GEGLU"},
+    "fused_residual_layer_norm": {"AttentionStack"},
+    "fused_layout_layer_norm": {"AttentionStack"},
+    "fused_group_norm_silu": {"ResnetBlock"},
+}
