@@ -41,7 +41,7 @@ def close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what
     torch.testing.assert_close(actual.float(), expected.float(), **tolerance, msg=lambda m: f"{what}: {m}")
 
 
-def random(*shape, dtype, seed: int, scale: float = 1.0, offset: float = 0.0) -> torch.Tensor:
+def seeded_normal(*shape, dtype, seed: int, scale: float = 1.0, offset: float = 0.0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return (torch.randn(shape, generator=generator, dtype=torch.float64) * scale + offset).to(dtype)
 
@@ -49,7 +49,7 @@ def random(*shape, dtype, seed: int, scale: float = 1.0, offset: float = 0.0) ->
 def geglu(dtype: torch.dtype) -> None:
     from xportrait2_core.kernels.geglu import gelu_gate_product_
 
-    projected = random(2, 3, 2 * 300, dtype=dtype, seed=1, scale=2.0)
+    projected = seeded_normal(2, 3, 2 * 300, dtype=dtype, seed=1, scale=2.0)
     half = projected[..., :300] * F.gelu(projected[..., 300:])
     fused = gelu_gate_product_(projected.clone())
     if fused.shape != half.shape:
@@ -61,10 +61,10 @@ def residual_layer_norm(dtype: torch.dtype) -> None:
     from xportrait2_core.kernels.residual_layer_norm import residual_layer_norm_
 
     width = 300
-    weight, bias = random(width, dtype=dtype, seed=2, offset=1.0), random(width, dtype=dtype, seed=3)
-    x = random(6, 5, width, dtype=dtype, seed=4, offset=0.5)
+    weight, bias = seeded_normal(width, dtype=dtype, seed=2, offset=1.0), seeded_normal(width, dtype=dtype, seed=3)
+    x = seeded_normal(6, 5, width, dtype=dtype, seed=4, offset=0.5)
     # as the temporal attention returns it: (b, f, d, c) view of (b, d, f, c) memory
-    residual = random(2, 5, 3, width, dtype=dtype, seed=5).transpose(1, 2)
+    residual = seeded_normal(2, 5, 3, width, dtype=dtype, seed=5).transpose(1, 2)
     expected_sum = x.view(residual.shape) + residual
     expected = F.layer_norm(expected_sum, (width,), weight, bias, 1e-5).view(x.shape)
     fused_x = x.clone()
@@ -72,7 +72,7 @@ def residual_layer_norm(dtype: torch.dtype) -> None:
     close(fused_x.view(residual.shape), expected_sum, dtype, "x + residual, stored in x")
     close(normed, expected, dtype, "layer_norm(x + residual)")
     # a plain (N, tokens, C) residual too
-    plain = random(6, 5, width, dtype=dtype, seed=6)
+    plain = seeded_normal(6, 5, width, dtype=dtype, seed=6)
     fused_x = x.clone()
     normed = residual_layer_norm_(fused_x, plain, weight, bias, 1e-5)
     close(normed, F.layer_norm(x + plain, (width,), weight, bias, 1e-5), dtype, "layer_norm(x + plain residual)")
@@ -82,10 +82,10 @@ def layout_layer_norm(dtype: torch.dtype) -> None:
     from xportrait2_core.kernels.layout_layer_norm import frames_to_pixels_layer_norm
 
     batch, frames, tokens, width = 2, 3, 5, 200
-    weight, bias = random(width, dtype=dtype, seed=7, offset=1.0), random(width, dtype=dtype, seed=8)
-    positions = random(frames, width, dtype=dtype, seed=9)
-    x = random(batch * frames, tokens, width, dtype=dtype, seed=10, offset=-0.3)
-    residual = random(batch, tokens, frames, width, dtype=dtype, seed=11).transpose(1, 2)
+    weight, bias = seeded_normal(width, dtype=dtype, seed=7, offset=1.0), seeded_normal(width, dtype=dtype, seed=8)
+    positions = seeded_normal(frames, width, dtype=dtype, seed=9)
+    x = seeded_normal(batch * frames, tokens, width, dtype=dtype, seed=10, offset=-0.3)
+    residual = seeded_normal(batch, tokens, frames, width, dtype=dtype, seed=11).transpose(1, 2)
 
     def eager(tokens_: torch.Tensor) -> torch.Tensor:
         normed = F.layer_norm(tokens_, (width,), weight, bias, 1e-5)
@@ -107,8 +107,8 @@ def group_norm_silu(dtype: torch.dtype) -> None:
     # masked tail, a mean far from zero)
     for shape, groups, offset in (((2, 96, 5, 7), 32, 0.0), ((1, 64, 12, 12), 2, 4.0)):
         channels = shape[1]
-        weight, bias = random(channels, dtype=dtype, seed=12, offset=1.0), random(channels, dtype=dtype, seed=13)
-        x = random(*shape, dtype=dtype, seed=14, offset=offset)
+        weight, bias = seeded_normal(channels, dtype=dtype, seed=12, offset=1.0), seeded_normal(channels, dtype=dtype, seed=13)
+        x = seeded_normal(*shape, dtype=dtype, seed=14, offset=offset)
         expected = F.silu(F.group_norm(x, groups, weight, bias, 1e-5))
         for memory_format in (torch.contiguous_format, torch.channels_last):
             laid_out = x.contiguous(memory_format=memory_format)
@@ -153,22 +153,22 @@ def module_cases(dtype: torch.dtype, levers: tuple[str, ...], module: str, expec
     frames = 3
     if module == "temporal":
         network = TemporalModule(64, 2, 8, layers)
-        x = random(2 * frames, 64, 4, 5, dtype=dtype, seed=21)
+        x = seeded_normal(2 * frames, 64, 4, 5, dtype=dtype, seed=21)
         run = lambda: network(x.clone(), frames)
     elif module == "motion":
         network = MotionModule(64, 2, 16, layers)
-        x = random(2 * frames, 64, 4, 5, dtype=dtype, seed=22)
-        tokens = random(2 * frames, 32, 16, dtype=dtype, seed=23)
+        x = seeded_normal(2 * frames, 64, 4, 5, dtype=dtype, seed=22)
+        tokens = seeded_normal(2 * frames, 32, 16, dtype=dtype, seed=23)
         run = lambda: network(x.clone(), tokens)
     else:
         config = UNetConfig(block_out_channels=(32, 64, 64, 64))
         network = ResnetBlock(32, 64, config, layers)
-        x = random(2, 32, 6, 5, dtype=dtype, seed=24)
-        batch = FrameBatch(1, random(2, config.time_embed_dim, dtype=dtype, seed=25), None)
+        x = seeded_normal(2, 32, 6, 5, dtype=dtype, seed=24)
+        batch = FrameBatch(1, seeded_normal(2, config.time_embed_dim, dtype=dtype, seed=25), None)
         run = lambda: network(x, batch)
     with torch.no_grad():
         for parameter in network.parameters():  # norms' affine parameters away from 1 and 0
-            parameter.add_(random(*parameter.shape, dtype=dtype, seed=26, scale=0.1))
+            parameter.add_(seeded_normal(*parameter.shape, dtype=dtype, seed=26, scale=0.1))
         eager = run()
         with contextlib.ExitStack() as stack:
             launches = counted_kernel_calls(stack)
