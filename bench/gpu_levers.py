@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from xportrait2_core import kernels
 from xportrait2_core.models.attention import Attention
 from xportrait2_core.sampling import Conditioning, SamplingSettings, sample_video
 from xportrait2_core.weights.loading import XNemoModels
@@ -425,6 +426,11 @@ def run_levers(models: XNemoModels, work, config_for: Callable, args) -> dict:
         Lever("SDPA: memory-efficient first", lambda: backend_first(SDPBackend.EFFICIENT_ATTENTION)),
         Lever("head dim padded to 64", lambda: attention_function(models.denoiser, padded_attention)),
         Lever("channels_last convolutions", lambda: channels_last(models.denoiser)),
+        # Issue 26's Triton kernels (xportrait2_core.kernels); eager where Triton cannot run.
+        Lever("Triton GEGLU erf epilogue", lambda: kernels.fused_geglu(models.denoiser)),
+        Lever("Triton residual + LayerNorm", lambda: kernels.fused_residual_layer_norm(models.denoiser)),
+        Lever("Triton temporal layout + LayerNorm", lambda: kernels.fused_layout_layer_norm(models.denoiser)),
+        Lever("Triton GroupNorm + SiLU", lambda: kernels.fused_group_norm_silu(models.denoiser)),
     ]
     plain_call, plain_latents, rows = measure_levers(call_bench, levers, args.repeats, equality_run)
     result.update(plain_call=plain_call, rows=rows)
