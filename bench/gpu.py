@@ -41,7 +41,7 @@ import gpu_levers
 import torch
 from ours import OursBench
 
-from xportrait2_core.models.config import OFFICIAL_ADDITIONAL_KWARGS, SchedulerConfig, UNetConfig
+from xportrait2_core.models.config import OFFICIAL_ADDITIONAL_KWARGS, MotionEncoderConfig, SchedulerConfig, UNetConfig
 from xportrait2_core.models.motion_encoder import MotionEncoder
 from xportrait2_core.models.operations import LayerFactory, skip_init_operations
 from xportrait2_core.models.reference_unet import ReferenceUNet
@@ -74,15 +74,16 @@ def video_config(frames: int, steps: int, seed: int = 0) -> fixture.BenchConfig:
 
 
 def build_our_models(
-    device, dtype, calibration_crops: torch.Tensor, seed: int = 0
+    device, dtype, calibration_crops: torch.Tensor, seed: int = 0, motion_config: MotionEncoderConfig = MotionEncoderConfig()
 ) -> XNemoModels:
-    """The networks with random weights drawn on ``device``."""
+    """The networks with random weights drawn on ``device`` (the motion encoder full size unless
+    ``motion_config`` narrows it, for CPU smoke tests)."""
     config = UNetConfig.from_dicts(
         fixture.unet2d_config_json(video_config(24, 1)), OFFICIAL_ADDITIONAL_KWARGS
     )
     layers = LayerFactory(skip_init_operations, dtype=dtype, device=device)
     networks = [
-        MotionEncoder(layers=layers).eval(),
+        MotionEncoder(motion_config, layers).eval(),
         ReferenceUNet(config, layers).eval(),
         DenoisingUNet3D(config, layers).eval(),
     ]

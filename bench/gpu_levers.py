@@ -388,11 +388,14 @@ def resident_gib(models: XNemoModels, conditioning: Conditioning) -> dict[str, f
     """What stays in device memory during sampling: each network's weights and the reference
     keys/values (with their dtype)."""
     weights = lambda network: sum(p.numel() * p.element_size() for p in network.parameters()) / 2**30
+    device = models.denoiser.conv_in.weight.device
+    # With offload (the default on CUDA) the networks done before sampling wait in host memory.
+    where = lambda name, network: name if next(network.parameters()).device == device else f"{name} (in host memory)"
     keys_values = [t for pair in conditioning.reference.by_block.values() for t in pair]
     return {
         "denoiser": weights(models.denoiser),
-        "reference UNet": weights(models.reference_unet),
-        "motion encoder": weights(models.motion_encoder),
+        where("reference UNet", models.reference_unet): weights(models.reference_unet),
+        where("motion encoder", models.motion_encoder): weights(models.motion_encoder),
         f"reference keys/values ({keys_values[0].dtype})": sum(t.numel() * t.element_size() for t in keys_values) / 2**30,
     }
 

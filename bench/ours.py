@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from xportrait2_core import scheduler
+from xportrait2_core.low_vram import LowVramSettings
 from xportrait2_core.models.reference_attention import ReferenceRead
 from xportrait2_core.pipeline import XPortrait2Pipeline
 from xportrait2_core.sampling import SamplingSettings
@@ -27,7 +28,9 @@ class OursBench:
     them (CPU, fp32: moved to the networks' device and dtype by the pipeline or here);
     ``config`` as ``bench_config.json``; outputs are saved to ``work``."""
 
-    def __init__(self, models: XNemoModels, inputs: dict, config: dict, work: Path):
+    def __init__(
+        self, models: XNemoModels, inputs: dict, config: dict, work: Path, low_vram: LowVramSettings = LowVramSettings()
+    ):
         self.work = work
         self.config = config
         self.inputs = inputs
@@ -37,6 +40,7 @@ class OursBench:
             self.models,
             image_encoder=lambda image: self.inputs["clip_image_embeds"],
             vae_encoder=lambda image: self.inputs["ref_latent_mean"],
+            low_vram=low_vram,
         )
         self.device, self.dtype = self.pipeline.device, self.pipeline.dtype
         self.source = torch.zeros(

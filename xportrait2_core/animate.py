@@ -19,6 +19,7 @@ import torch
 
 from .compiled_denoiser import compile_denoiser
 from .face_drives import DriveMapping, FaceDrive, assign_drives, drives_from_mapping
+from .low_vram import LowVramSettings
 from .media.driving_take import DrivingTake, motion_crops, track_take
 from .media.face_blend import HEAD, FacePaste, composite_faces, face_regions
 from .media.face_detector import FaceDetectorRunner, find_yunet_weights
@@ -60,6 +61,7 @@ class AnimateRequest:
     hold_last_frame: bool = False  # longer than the shortest driver: shorter ones hold their last frame
     audio_from: Optional[Path] = None  # default: the first driving video
     compile: bool = False  # torch.compile the denoiser (see compiled_denoiser)
+    low_vram: LowVramSettings = field(default_factory=LowVramSettings)
 
     @property
     def driving_videos(self) -> list[Path]:
@@ -128,7 +130,9 @@ def pick_device(requested: Optional[str]) -> torch.device:
 def load_pipeline(request: AnimateRequest, device: torch.device, dtype: torch.dtype) -> XPortrait2Pipeline:
     clip = load_clip_image_encoder(request.weights, device, dtype, request.allow_download)
     vae = load_temporal_vae(request.weights, device, dtype, request.allow_download)
-    pipeline = XPortrait2Pipeline.from_folder(request.weights, clip, vae.encode, vae.decode, device=device, dtype=dtype)
+    pipeline = XPortrait2Pipeline.from_folder(
+        request.weights, clip, vae.encode, vae.decode, device=device, dtype=dtype, low_vram=request.low_vram
+    )
     if request.compile:
         compile_denoiser(pipeline.models.denoiser)
     return pipeline

@@ -12,6 +12,7 @@ applications the real models (or ComfyUI's):
 from __future__ import annotations
 
 import itertools
+import logging
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -19,6 +20,7 @@ import torch
 
 from .context_windows import SeededWindowOffsets
 from .identity_filtered_motion import encode_tokens
+from .low_vram import LowVramSettings, Residency, describe, offloads
 from .models.motion_encoder import MOTION_BATCH
 from .models.operations import LayerFactory
 from .models.reference_attention import ReferenceKeysValues
@@ -27,7 +29,11 @@ from .reference_appearance import VAE_SCALING, check_reference_size, encode_refe
 from .sampling import Conditioning, SamplingSettings, StepCallback, WindowPredictorFactory, sample_video, seeded_noise
 from .weights.loading import XNemoModels, load_models
 
+logger = logging.getLogger(__name__)
+
 DECODE_CHUNK = 25  # frames per SVD-decoder call, as the official pipeline
+MOTION_ENCODER = "the motion encoder"
+REFERENCE_UNET = "the reference UNet"
 
 ImageEncoder = Callable[[torch.Tensor], torch.Tensor]
 VaeEncoder = Callable[[torch.Tensor], torch.Tensor]
@@ -41,11 +47,17 @@ class XPortrait2Pipeline:
         image_encoder: ImageEncoder,
         vae_encoder: VaeEncoder,
         vae_decoder: Optional[VaeDecoder] = None,
+        low_vram: LowVramSettings = LowVramSettings(),
     ):
         self.models = models
         self.image_encoder = image_encoder
         self.vae_encoder = vae_encoder
         self.vae_decoder = vae_decoder
+        self.low_vram = low_vram
+        # The denoiser never leaves the compute device; the reference UNet and the motion encoder
+        # are done before sampling starts and wait in host memory for the next clip.
+        self.residency = Residency(self.device, offloads(low_vram.offload, self.device))
+        logger.info("low VRAM: %s", describe(low_vram, self.residency.offload))
 
     @classmethod
     def from_folder(
@@ -57,9 +69,10 @@ class XPortrait2Pipeline:
         device: torch.device | str = "cpu",
         dtype: Optional[torch.dtype] = None,
         layers: Optional[LayerFactory] = None,
+        low_vram: LowVramSettings = LowVramSettings(),
     ) -> "XPortrait2Pipeline":
         """Load the four X-NeMo files from ``folder``; fp32 on the CPU, fp16 on CUDA by default."""
-        return cls(load_models(folder, device, dtype, layers), image_encoder, vae_encoder, vae_decoder)
+        return cls(load_models(folder, device, dtype, layers), image_encoder, vae_encoder, vae_decoder, low_vram)
 
     @property
     def device(self) -> torch.device:
@@ -75,7 +88,8 @@ class XPortrait2Pipeline:
     ) -> torch.Tensor:
         """:func:`~xportrait2_core.identity_filtered_motion.encode_tokens` with this pipeline's
         motion encoder: face crops (N, 3, S, S) in [0, 1] -> motion tokens (N, 32, 16)."""
-        return encode_tokens(self.models.motion_encoder, faces, boxes, batch_size, progress)
+        encoder = self.residency.fetch(MOTION_ENCODER, self.models.motion_encoder)
+        return encode_tokens(encoder, faces, boxes, batch_size, progress)
 
     @torch.no_grad()
     def encode_reference(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, ReferenceKeysValues]:
@@ -85,7 +99,10 @@ class XPortrait2Pipeline:
             raise ValueError(f"source image must be (3, H, W), got {tuple(source.shape)}")
         check_reference_size(*source.shape[1:])
         image = source.unsqueeze(0).to(self.device)
-        return encode_reference(self.models, self.vae_encoder(image * 2 - 1), self.image_encoder(image))
+        self.residency.fetch(REFERENCE_UNET, self.models.reference_unet)
+        encoded = encode_reference(self.models, self.vae_encoder(image * 2 - 1), self.image_encoder(image))
+        self.residency.park(REFERENCE_UNET, self.models.reference_unet)
+        return encoded
 
     @torch.no_grad()
     def sample(
@@ -121,6 +138,7 @@ class XPortrait2Pipeline:
             raise ValueError("no driving frames")
         motion = motion_tokens.to(self.device, self.dtype)
         negative = self.encode_motion(source_face.unsqueeze(0))[0]
+        self.residency.park(MOTION_ENCODER, self.models.motion_encoder)  # every frame's motion is encoded
         height, width = latents.shape[-2:]
         if noise is None:
             noise = seeded_noise(seed, frames, height, width)
@@ -138,6 +156,7 @@ class XPortrait2Pipeline:
             progress,
             on_step,
             window_predictor,
+            self.low_vram.guidance_in_sequence,
         )
 
     @torch.no_grad()

@@ -13,6 +13,7 @@ from typing import Sequence
 from .weights.loading import DTYPES
 
 WEIGHTS_ENV = "XPORTRAIT2_WEIGHTS"
+SWITCHES = {"auto": None, "on": True, "off": False}  # a setting that is automatic unless given
 STAGE_NAMES = {
     "detecting faces": "frames",
     "encoding motion": "frames",
@@ -59,6 +60,7 @@ def request_from_args(args: argparse.Namespace, source: str, driving: Sequence[s
     ``driving``: the driving videos, one for all faces or one per chosen face."""
     from .animate import AnimateRequest
     from .face_drives import parse_drive_mapping, parse_performer
+    from .low_vram import LowVramSettings
     from .sampling import SamplingSettings
 
     videos = [Path(video) for video in driving]
@@ -86,6 +88,7 @@ def request_from_args(args: argparse.Namespace, source: str, driving: Sequence[s
         allow_download=not args.offline,
         overwrite=getattr(args, "overwrite", False),
         compile=args.compile,
+        low_vram=LowVramSettings(SWITCHES[args.offload], SWITCHES[args.guidance_in_sequence]),
     )
 
 
@@ -114,5 +117,11 @@ def add_render_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the denoiser: about 1.3x faster sampling on a GPU, same output; "
                         "the first run compiles for about 2 minutes (cached on disk for later runs)")
+    p.add_argument("--offload", choices=list(SWITCHES), default="auto",
+                   help="move the reference UNet and motion encoder to host memory once done, leaving the GPU "
+                        "to the denoiser (auto: on CUDA; same output)")
+    p.add_argument("--guidance-in-sequence", choices=list(SWITCHES), default="auto",
+                   help="run the two guidance branches one after the other: half the denoiser's activations, "
+                        "slower (auto: when free GPU memory is short; same output within rounding)")
     p.add_argument("--face-detector", help="YuNet weights file (default: yunet_final.pth in the weights folder or kornia's cache)")
     p.add_argument("--offline", action="store_true", help="never download the CLIP/VAE models")

@@ -2,7 +2,7 @@
 
 Start from the source latent, blurred and noised to the first timestep; at every DDIM step walk
 the context windows over all frames, predict the noise of each window for both guidance branches
-in one denoiser call, average overlapping frames, apply guidance and take the DDIM step.
+in one denoiser call (one call per branch when device memory is short), average overlapping frames, apply guidance and take the DDIM step.
 Motion tokens and reference keys/values come in precomputed: nothing here re-runs the motion
 encoder or the reference UNet.
 """
@@ -18,6 +18,7 @@ import torch
 
 from . import scheduler
 from .context_windows import context_windows
+from .low_vram import runs_guidance_in_sequence
 from .models.config import SchedulerConfig
 from .models.reference_attention import ReferenceKeysValues, ReferenceRead
 from .models.unet3d import DenoisingUNet3D
@@ -133,8 +134,10 @@ def predict_windows(
     latents: torch.Tensor,
     timestep: int,
     windows: Sequence[Sequence[int]],
+    in_sequence: bool = False,
 ) -> Iterator[torch.Tensor]:
-    """The denoiser on each window in turn, both guidance branches in one call (the local
+    """The denoiser on each window in turn, both guidance branches in one call, or with
+    ``in_sequence`` one branch per call (half the activations; the same rows come out) (the local
     :data:`WindowPredictions`; the Ray workers of :mod:`xportrait2_core.farm` run it on their share)."""
     rows = guidance_rows(guided)
     # A tensor, not an int: compiled code would otherwise be specialised (recompiled) per step.
@@ -142,14 +145,24 @@ def predict_windows(
     image_context = conditioning.image_embeds.unsqueeze(1)
     if guided:
         image_context = torch.cat([torch.zeros_like(image_context), image_context])
-    reference = ReferenceRead(conditioning.reference, rows)
+    calls = [slice(row, row + 1) for row in range(len(rows))] if in_sequence else [slice(None)]
     for frames in copied_to(torch.tensor(windows), latents.device):
-        window_latents = latents[:, :, frames].repeat(len(rows), 1, 1, 1, 1)
+        window_latents = latents[:, :, frames]
         motion = conditioning.motion_tokens[frames].unsqueeze(0)
         if guided:
             negative = conditioning.negative_motion_tokens.expand_as(motion[0]).unsqueeze(0)
             motion = torch.cat([negative, motion])
-        yield unet(window_latents, timesteps, image_context, motion, reference)
+        predictions = [
+            unet(
+                window_latents.repeat(len(rows[call]), 1, 1, 1, 1),
+                timesteps,
+                image_context[call],
+                motion[call],
+                ReferenceRead(conditioning.reference, rows[call]),
+            )
+            for call in calls
+        ]
+        yield predictions[0] if len(predictions) == 1 else torch.cat(predictions)
 
 
 def predict_noise(
@@ -194,13 +207,16 @@ def sample_video(
     progress: Optional[ProgressFn] = None,
     on_step: Optional[StepCallback] = None,
     window_predictor: Optional[WindowPredictorFactory] = None,
+    guidance_in_sequence: Optional[bool] = None,
 ) -> torch.Tensor:
     """Denoise all frames: scaled source latent (1, 4, h, w), noise (1, 4, F, h, w) and one window
     offset per step -> final latents (1, 4, F, h, w) (scaled, what the VAE decoder gets x 0.18215).
 
     ``progress("sampling", calls_done, total_calls)`` follows every denoiser call;
     ``on_step(step_index, timestep, latents)`` every DDIM step (e.g. for previews);
-    ``window_predictor`` runs the denoiser on the windows (default: ``unet`` here, in turn)."""
+    ``window_predictor`` runs the denoiser on the windows (default: ``unet`` here, in turn);
+    ``guidance_in_sequence`` runs the local calls one guidance branch at a time (None: when free
+    device memory is short, see :func:`~xportrait2_core.low_vram.runs_guidance_in_sequence`)."""
     num_frames = noise.shape[2]
     if conditioning.motion_tokens.shape[0] != num_frames:
         raise ValueError(f"{conditioning.motion_tokens.shape[0]} motion frames for {num_frames} latent frames")
@@ -220,7 +236,16 @@ def sample_video(
         calls_done += 1
         report(progress, "sampling", calls_done, total_calls)
 
-    predictions = window_predictor(conditioning, settings.guidance_scale > 1.0) if window_predictor else None
+    guided = settings.guidance_scale > 1.0
+    if window_predictor is not None:
+        predictions = window_predictor(conditioning, guided)
+    else:
+        height, width = noise.shape[-2:]
+        window_frames = min(settings.context_frames, num_frames)
+        in_sequence = guided and runs_guidance_in_sequence(
+            guidance_in_sequence, noise.device, window_frames, height, width, noise.dtype
+        )
+        predictions = functools.partial(predict_windows, unet, conditioning, guided, in_sequence=in_sequence)
     latents = initial_latents(reference_latents, noise, alphas[timesteps[0]])
     for step_index, (timestep, windows) in enumerate(zip(timesteps, step_windows)):
         eps = predict_noise(unet, latents, timestep, conditioning, windows, settings.guidance_scale, tick, predictions)
