@@ -63,8 +63,9 @@ CHILD = textwrap.dedent(
     vae, = result(nodes.XPortrait2LoadTemporalVAE.execute("%(vae)s"))
     photo_image = load_image(photo).movedim(0, -1)[None]
     frames = torch.cat([chunk.float() / 255 for chunk in iter_frames(video, max_frames=10, chunk_size=10)])
-    reference_image, face_crop, source, faces_preview = result(nodes.XPortrait2SourceFaceCrop.execute(photo_image, size))
-    driving_crops, track = result(nodes.XPortrait2DrivingFaceTrack.execute(frames))
+    # The face nodes' first outputs (where ComfyUI has BOUNDING_BOX, a box output follows them).
+    reference_image, face_crop, source, faces_preview = result(nodes.XPortrait2SourceFaceCrop.execute(photo_image, size))[:4]
+    driving_crops, track = result(nodes.XPortrait2DrivingFaceTrack.execute(frames))[:2]
 
     def conditions():
         features, = result(nodes.XPortrait2MotionEncode.execute(bundle, driving_crops, face_crop))

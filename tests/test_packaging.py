@@ -25,6 +25,7 @@ from harness import REPO_ROOT
 # Import names whose distribution is named otherwise (the test venv may lack some of them).
 DISTRIBUTION_OF = {"PIL": "pillow", "yaml": "pyyaml"}
 FARM_MODULE = "xportrait2_core/farm.py"
+KERNELS_PACKAGE = "xportrait2_core/kernels/"
 COMFYUI_MODULES = {"app", "comfy", "comfy_api", "comfy_extras", "folder_paths", "latent_preview", "nodes", "server"}
 
 
@@ -123,6 +124,10 @@ def test_pyproject_declares_every_third_party_import_of_the_engine():
     # Ray is the `farm` extra's, imported (lazily) by farm.py alone; test_farm runs the rest without it.
     farm_extra = {requirement_name(line) for line in pyproject_optional_dependencies()["farm"]}
     used = {m: files for m, files in used.items() if not (distribution_of(m) in farm_extra and files == {FARM_MODULE})}
+    # Triton is the `kernels` extra's, imported by the opt-in kernels alone (they fall back without it).
+    kernels_extra = {requirement_name(line) for line in pyproject_optional_dependencies()["kernels"]}
+    used = {m: files for m, files in used.items()
+            if not (distribution_of(m) in kernels_extra and all(f.startswith(KERNELS_PACKAGE) for f in files))}
     undeclared = {m: sorted(files) for m, files in used.items() if distribution_of(m) not in declared}
     assert not undeclared, f"imported but not in pyproject's dependencies: {undeclared}"
 
