@@ -306,6 +306,8 @@ def _choose_view(page, item: str) -> None:
     page.wait_for_timeout(1000)
 
 
+SHOWS_VIDEO = """(file) => [...document.querySelectorAll('video')]
+  .some(v => (v.currentSrc || v.src || '').includes(encodeURIComponent(file)) && v.readyState >= 1)"""
 APP_INPUT_LABELS = """() => [...document.querySelectorAll('[data-testid=app-mode-widget-item]')]
   .filter(e => e.offsetParent !== null)
   .map(e => e.querySelector('[data-testid=builder-widget-label]').innerText.trim())"""
@@ -418,10 +420,7 @@ def test_workflow_opens_from_the_templates_dialog_and_runs(server, frontend, bro
         saved = [item["filename"] for out in history["outputs"].values() for item in out.get("images", [])
                  if item["filename"].endswith(".mp4")]
         assert len(saved) == 1, history["outputs"]
-        page.wait_for_function(
-            "(file) => [...document.querySelectorAll('video')].some(v => (v.currentSrc || v.src || '').includes(encodeURIComponent(file)) && v.readyState >= 1)",
-            arg=saved[0], timeout=60_000,
-        )
+        page.wait_for_function(SHOWS_VIDEO, arg=saved[0], timeout=60_000)
         if not app_mode:
             page.get_by_role("button", name="Fit View").first.click()
             page.wait_for_timeout(1000)
@@ -516,8 +515,5 @@ def test_blueprint_from_the_node_library_runs(server, frontend, browser, tmp_pat
         # The library closed and the graph in view, as a person looks at the result.
         page.locator(".side-tool-bar-container").get_by_text("Nodes", exact=True).first.click()
         page.get_by_role("button", name="Fit View").first.click()
-        page.wait_for_function(
-            "(file) => [...document.querySelectorAll('video')].some(v => (v.currentSrc || v.src || '').includes(encodeURIComponent(file)) && v.readyState >= 1)",
-            arg=saved[0], timeout=60_000,
-        )
+        page.wait_for_function(SHOWS_VIDEO, arg=saved[0], timeout=60_000)
         page.screenshot(path=str(tmp_path / f"blueprint node ComfyUI-{version} frontend-{frontend}.png"))
