@@ -27,6 +27,7 @@ from einops import rearrange
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from xportrait2_core import kernels
+from xportrait2_core.kernels.fast import FUSED_KERNELS
 from xportrait2_core.models.attention import Attention
 from xportrait2_core.sampling import Conditioning, SamplingSettings, sample_video
 from xportrait2_core.weights.loading import XNemoModels
@@ -108,6 +109,15 @@ def channels_last(network: torch.nn.Module) -> ContextManager:
         yield
     finally:
         network.to(memory_format=torch.contiguous_format)
+
+
+@contextlib.contextmanager
+def all_kernels(network: torch.nn.Module) -> ContextManager:
+    """The four kernels together, as ``--fast`` switches them on (there for good, here undone)."""
+    with contextlib.ExitStack() as stack:
+        for lever in FUSED_KERNELS:
+            stack.enter_context(lever(network))
+        yield
 
 
 @dataclass
@@ -434,6 +444,7 @@ def run_levers(models: XNemoModels, work, config_for: Callable, args) -> dict:
         Lever("Triton residual + LayerNorm", lambda: kernels.fused_residual_layer_norm(models.denoiser)),
         Lever("Triton temporal layout + LayerNorm", lambda: kernels.fused_layout_layer_norm(models.denoiser)),
         Lever("Triton GroupNorm + SiLU", lambda: kernels.fused_group_norm_silu(models.denoiser)),
+        Lever("Triton: all four (--fast)", lambda: all_kernels(models.denoiser)),
     ]
     plain_call, plain_latents, rows = measure_levers(call_bench, levers, args.repeats, equality_run)
     result.update(plain_call=plain_call, rows=rows)

@@ -34,6 +34,7 @@ from comfy_api.v0_0_2 import InputImpl
 
 from ..xportrait2_core.compiled_denoiser import compile_denoiser
 from ..xportrait2_core.context_windows import SeededWindowOffsets, context_windows
+from ..xportrait2_core.kernels.fast import switch_on_fast_kernels
 from ..xportrait2_core.media.face_detector import FaceDetectorRunner, find_yunet_weights
 from ..xportrait2_core.models.operations import LayerFactory
 from ..xportrait2_core.sampling import Conditioning, blurred_start, predict_noise, seeded_noise
@@ -146,13 +147,16 @@ def weight_dtype(choice: str) -> torch.dtype:
     return model_management.unet_dtype(supported_dtypes=[torch.float16, torch.float32])
 
 
-def load_xnemo(denoiser_file: str, dtype_choice: str, compile: bool = False) -> XNemoBundle:
+def load_xnemo(denoiser_file: str, dtype_choice: str, compile: bool = False, fast: bool = False) -> XNemoBundle:
     """Build the networks on the offload device with ComfyUI's layer classes and attention;
-    ``compile``: the denoiser is compiled at its first call (:func:`compile_denoiser`)."""
+    ``compile``: the denoiser is compiled at its first call (:func:`compile_denoiser`); ``fast``:
+    the fused kernels for the device ComfyUI computes on (:func:`switch_on_fast_kernels`)."""
     layers = LayerFactory(comfy.ops.disable_weight_init, optimized_attention)
     models = load_models(
         weights_folder(denoiser_file), model_management.unet_offload_device(), weight_dtype(dtype_choice), layers
     )
+    if fast:
+        switch_on_fast_kernels(models.denoiser, model_management.get_torch_device())
     if compile:
         compile_denoiser(models.denoiser)
     denoiser = DenoiserModel(models.denoiser, model_sampling_for(models))

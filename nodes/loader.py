@@ -19,7 +19,7 @@ class XPortrait2Loader(io.ComfyNode):
                 "Loads X-NeMo's denoising UNet, temporal module, reference UNet and motion encoder (official .pth "
                 "or converted .safetensors) from models/xportrait2. Pick the denoising UNet file; the other three "
                 "must sit beside it under their official names. compile (optional) trades a one-off compile for "
-                "faster sampling."
+                "faster sampling; fast (optional) turns on the fused Triton kernels on a CUDA GPU."
             ),
             inputs=[
                 io.Combo.Input(
@@ -36,10 +36,16 @@ class XPortrait2Loader(io.ComfyNode):
                     "(seconds later, from PyTorch's cache), then each step runs about 1.3x faster on a GPU with the "
                     "same result. Pays on long takes and batches; the weights then load whole, not streamed.",
                 ),
+                io.Boolean.Input(
+                    "fast", default=False, optional=True,
+                    tooltip="The fused Triton kernels in the denoising UNet (GEGLU, residual + LayerNorm, temporal "
+                    "layout + LayerNorm, GroupNorm + SiLU), as the command line's --fast: CUDA GPUs with Triton only "
+                    "(elsewhere one console line says so and the plain kernels run); output within fp16 rounding.",
+                ),
             ],
             outputs=[XP2Models.Output(display_name="xnemo_models")],
         )
 
     @classmethod
-    def execute(cls, denoising_unet: str, weight_dtype: str, compile: bool = False) -> io.NodeOutput:
-        return io.NodeOutput(comfy_adapter.load_xnemo(denoising_unet, weight_dtype, compile))
+    def execute(cls, denoising_unet: str, weight_dtype: str, compile: bool = False, fast: bool = False) -> io.NodeOutput:
+        return io.NodeOutput(comfy_adapter.load_xnemo(denoising_unet, weight_dtype, compile, fast))

@@ -123,6 +123,7 @@ def test_pack_nodes_listed_with_official_defaults(server):
     assert DENOISER_FILE in info["XPortrait2Loader"]["input"]["required"]["denoising_unet"][1]["options"]
     # Optional and off: API workflows saved before the switch existed still validate, and run eager.
     assert info["XPortrait2Loader"]["input"]["optional"]["compile"][1]["default"] is False
+    assert info["XPortrait2Loader"]["input"]["optional"]["fast"][1]["default"] is False
 
 
 def test_shipped_workflows_are_listed_as_templates(server):

@@ -2,8 +2,9 @@
 ddim + xnemo_ddim, several context windows with seeded offsets) equal
 ``XPortrait2Pipeline.sample`` for the same seed, inputs and models; the networks' patchers are
 built through ComfyUI's CoreModelPatcher where it exists (what dynamic VRAM swaps on a GPU), and
-after unloading every model the chain runs again to the same latents, bit for bit. The Loader's
-``compile`` option gives the eager chain's latents from one compiled graph, its denoiser under a
+after unloading every model the chain runs again to the same latents, bit for bit; the Loader's
+``fast`` switch on the CPU says in one line that the kernels need a CUDA GPU and samples the same
+latents. The Loader's ``compile`` option gives the eager chain's latents from one compiled graph, its denoiser under a
 plain ModelPatcher (weights loaded whole, as core does for compiled models).
 
 ComfyUI is imported in a child process (its own top-level ``nodes`` module must not meet this
@@ -94,6 +95,16 @@ CHILD = textwrap.dedent(
             "eager_patcher_class": type(bundle.denoiser).__name__, "expected_patcher": expected_patcher,
         }))
         sys.exit(0)
+    # The Loader's fast switch where the kernels cannot run (the CPU): one line says so, and the
+    # denoiser gives the plain chain's latents.
+    import logging
+    said = []
+    listener = logging.Handler()
+    listener.emit = lambda record: said.append(record.getMessage())
+    logging.getLogger().addHandler(listener)
+    fast_bundle, = result(nodes.XPortrait2Loader.execute("%(denoiser)s", "fp32", False, True))
+    logging.getLogger().removeHandler(listener)
+    fast_equal = bool(sample(reference, motion, models=fast_bundle)["samples"].equal(latent["samples"]))
     # Unload every network, then run the whole chain again: the patchers load again, same latents.
     ours_patchers = (bundle.motion_encoder, bundle.reference_unet, bundle.denoiser)
     comfy.model_management.unload_all_models()
@@ -119,6 +130,7 @@ CHILD = textwrap.dedent(
         "scale": expected.abs().max().item(), "frames": frames.shape[0],
         "patcher_classes": sorted({type(p).__name__ for p in ours_patchers}), "expected_patcher": expected_patcher,
         "unloaded": unloaded, "rerun_equal": bool(again["samples"].equal(ours)),
+        "fast_lines": [line for line in said if "fast" in line], "fast_equal": fast_equal,
     }))
     """
 ) % {"denoiser": DENOISER_FILE, "clip": CLIP_FILE, "vae": VAE_FILE}
@@ -144,6 +156,8 @@ def test_sampler_node_latents_equal_engine_api_and_survive_unloading(comfyui_pat
     # unload, load again and give the same latents bit for bit.
     assert report["patcher_classes"] == [report["expected_patcher"]], report
     assert report["unloaded"] and report["rerun_equal"], report
+    assert len(report["fast_lines"]) == 1 and "run on a CUDA GPU" in report["fast_lines"][0], report
+    assert report["fast_equal"], report
 
 
 @pytest.mark.compile

@@ -19,6 +19,7 @@ import torch
 
 from .compiled_denoiser import compile_denoiser
 from .face_drives import DriveMapping, FaceDrive, assign_drives, drives_from_mapping
+from .kernels.fast import switch_on_fast_kernels
 from .low_vram import LowVramSettings
 from .media.driving_take import DrivingTake, motion_crops, track_take
 from .media.face_blend import HEAD, FacePaste, composite_faces, face_regions
@@ -61,6 +62,7 @@ class AnimateRequest:
     hold_last_frame: bool = False  # longer than the shortest driver: shorter ones hold their last frame
     audio_from: Optional[Path] = None  # default: the first driving video
     compile: bool = False  # torch.compile the denoiser (see compiled_denoiser)
+    fast: bool = False  # the fused Triton kernels in the denoiser (see kernels.fast)
     low_vram: LowVramSettings = field(default_factory=LowVramSettings)
 
     @property
@@ -133,6 +135,8 @@ def load_pipeline(request: AnimateRequest, device: torch.device, dtype: torch.dt
     pipeline = XPortrait2Pipeline.from_folder(
         request.weights, clip, vae.encode, vae.decode, device=device, dtype=dtype, low_vram=request.low_vram
     )
+    if request.fast:
+        switch_on_fast_kernels(pipeline.models.denoiser, device)
     if request.compile:
         compile_denoiser(pipeline.models.denoiser)
     return pipeline

@@ -33,6 +33,7 @@ from . import ray_auth
 from .animate import AnimateRequest, load_all_models, pick_device
 from .batch import FAILED, BatchJob, JobResult, ResultCallback, finished_result, one_line, refused_result, run_job
 from .compiled_denoiser import compile_denoiser
+from .kernels.fast import switch_on_fast_kernels
 from .media.video_writer import remove_partial_files
 from .sampling import Conditioning, WindowPredictions, predict_windows
 from .weights.loading import check_weight_files, load_denoiser
@@ -214,10 +215,12 @@ def conditioning_on(conditioning: Conditioning, device: torch.device | str) -> C
 class WindowWorker:
     """A Ray actor holding the denoiser and one run's conditioning; predicts its share of windows."""
 
-    def __init__(self, weights: str, dtype: torch.dtype, compile: bool = False):
+    def __init__(self, weights: str, dtype: torch.dtype, compile: bool = False, fast: bool = False):
         # Ray hands a GPU worker its GPU as the only visible one.
         self.device = pick_device(None)
         self.denoiser = load_denoiser(Path(weights), self.device, dtype)
+        if fast:
+            switch_on_fast_kernels(self.denoiser, self.device)
         if compile:
             compile_denoiser(self.denoiser)
         self.conditioning: Optional[Conditioning] = None
@@ -278,14 +281,16 @@ class RayWindowPool:
 
     @classmethod
     def start(
-        cls, weights: Path, workers: Optional[int] = None, dtype: torch.dtype = torch.float32, compile: bool = False
+        cls, weights: Path, workers: Optional[int] = None, dtype: torch.dtype = torch.float32, compile: bool = False,
+        fast: bool = False,
     ) -> "RayWindowPool":
-        """``compile``: each worker compiles its denoiser (:mod:`~xportrait2_core.compiled_denoiser`)."""
+        """``compile``: each worker compiles its denoiser (:mod:`~xportrait2_core.compiled_denoiser`);
+        ``fast``: each switches on the fused kernels (:mod:`~xportrait2_core.kernels.fast`)."""
         ray = import_ray()
         check_weight_files(weights)
         count, options = worker_slots(ray, workers)
         worker_class = ray.remote(**options)(WindowWorker)
-        return cls(ray, [worker_class.remote(str(weights), dtype, compile) for _ in range(count)])
+        return cls(ray, [worker_class.remote(str(weights), dtype, compile, fast) for _ in range(count)])
 
     def __enter__(self) -> "RayWindowPool":
         return self

@@ -102,7 +102,9 @@ def animate_on_ray(args: argparse.Namespace, request: AnimateRequest, bars: Prog
     check_request(request)
     dtype = request.dtype or default_dtype(pick_device(request.device))
     try:
-        with ray_cluster(args.ray or None), RayWindowPool.start(request.weights, args.workers, dtype, request.compile) as pool:
+        with ray_cluster(args.ray or None), RayWindowPool.start(
+            request.weights, args.workers, dtype, request.compile, request.fast
+        ) as pool:
             workers = len(pool.workers)
             output = animate_files(request, progress=bars, window_predictor=pool)
     except FarmError as error:

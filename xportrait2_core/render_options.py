@@ -88,6 +88,7 @@ def request_from_args(args: argparse.Namespace, source: str, driving: Sequence[s
         allow_download=not args.offline,
         overwrite=getattr(args, "overwrite", False),
         compile=args.compile,
+        fast=args.fast,
         low_vram=LowVramSettings(SWITCHES[args.offload], SWITCHES[args.guidance_in_sequence]),
     )
 
@@ -117,6 +118,10 @@ def add_render_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the denoiser: about 1.3x faster sampling on a GPU, same output; "
                         "the first run compiles for about 2 minutes (cached on disk for later runs)")
+    p.add_argument("--fast", action="store_true",
+                   help="the fused Triton kernels in the denoiser (GEGLU, residual + LayerNorm, temporal layout + "
+                        "LayerNorm, GroupNorm + SiLU): CUDA GPUs with Triton only; output within fp16 rounding of "
+                        "the plain path, not yet timed on a GPU")
     p.add_argument("--offload", choices=list(SWITCHES), default="auto",
                    help="move the reference UNet and motion encoder to host memory once done, leaving the GPU "
                         "to the denoiser (auto: on CUDA; same output)")

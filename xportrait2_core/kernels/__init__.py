@@ -14,9 +14,13 @@ One module per kernel:
   writing ``(b d) f c`` frame sequences with the frame positions added (same kernel as the
   residual one, with a strided output).
 - :mod:`.group_norm_silu`: ``silu(group_norm(x))`` for NCHW or channels-last feature maps.
+
+:mod:`.fast` switches all four on for a network's life: what users reach through ``--fast`` and
+the Loader's ``fast``.
 """
 
 from .dispatch import triton_can_run
+from .fast import switch_on_fast_kernels, why_fast_cannot_run
 from .levers import (
     fused_geglu,
     fused_group_norm_silu,
@@ -29,5 +33,7 @@ __all__ = [
     "fused_group_norm_silu",
     "fused_layout_layer_norm",
     "fused_residual_layer_norm",
+    "switch_on_fast_kernels",
     "triton_can_run",
+    "why_fast_cannot_run",
 ]
