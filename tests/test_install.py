@@ -66,6 +66,27 @@ def run(command: list[str] | str, cwd: Path, env: dict | None = None, timeout: f
     return output
 
 
+ENGINE = REPO_ROOT / "xportrait2_core"
+# Imports each package named and prints every module file of the installed engine, relative to it.
+IMPORT_EVERY_PACKAGE = """
+import importlib, pathlib, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+root = pathlib.Path(importlib.import_module("xportrait2_core").__file__).parent
+assert "site-packages" in root.parts, root
+print(" ".join(sorted(str(p.relative_to(root)) for p in root.rglob("*.py"))))
+"""
+
+
+def engine_packages() -> list[str]:
+    """The checkout's engine packages: every folder of it with an ``__init__.py``."""
+    return sorted(".".join(p.parent.relative_to(REPO_ROOT).parts) for p in ENGINE.rglob("__init__.py"))
+
+
+def engine_modules() -> list[str]:
+    return sorted(str(p.relative_to(ENGINE)) for p in ENGINE.rglob("*.py"))
+
+
 def venv_environment(venv: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
     env.update(VIRTUAL_ENV=str(venv), PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}")
@@ -90,6 +111,10 @@ def test_readme_first_command_makes_the_demo_video_offline_from_the_package_alon
         result = probe_video(checkout / "demo.mp4")
         assert (result.frame_count, result.fps) == (sample.frame_count, sample.fps) == (75, 25)
         assert (home / ".cache" / "xportrait2" / "tiny-weights").is_dir(), "tiny weights go to the cache folder"
+        # Every package and module of the engine is in the installed package (run outside the
+        # checkout, so that nothing is imported from the source tree).
+        installed = run([str(venv / "bin" / "python"), "-c", IMPORT_EVERY_PACKAGE, *engine_packages()], cwd=tmp_path, env=env)
+        assert installed.splitlines()[-1] == " ".join(engine_modules()), installed[-3000:]
         # Again with no network at all (a network namespace with only loopback): the weights come
         # from the cache, and an existing demo.mp4 is kept.
         with loopback_only_network():
