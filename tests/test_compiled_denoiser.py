@@ -1,5 +1,5 @@
-"""The opt-in compiled denoiser (``--compile``): same latents as eager, in one graph, and the
-option reaches the denoiser from the command line."""
+"""The opt-in compiled denoiser (``--compile``): same latents as eager, in one graph (that the
+option reaches the denoiser from the command line: ``tests/test_fast_switch.py``)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,6 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from harness.media import media
-from xportrait2_core import animate as animate_module
-from xportrait2_core.cli import build_parser
-from xportrait2_core.render_options import request_from_args
 from xportrait2_core.compiled_denoiser import compile_denoiser
 from xportrait2_core.pipeline import XPortrait2Pipeline
 from xportrait2_core.sampling import SamplingSettings
@@ -44,17 +40,3 @@ def test_compiled_denoiser_gives_the_latents_of_the_eager_one_in_one_graph(tiny_
     assert not counters["graph_break"], f"graph breaks: {dict(counters['graph_break'])}"
     relative = ((compiled - eager).norm() / eager.norm()).item()
     assert relative < 1e-5, f"relative L2 {relative:.2e} between compiled and eager latents (fp32)"
-
-
-@pytest.mark.parametrize("flag, compiled", [([], False), (["--compile"], True)])
-def test_the_compile_option_reaches_the_denoiser(weights, monkeypatch, tmp_path, flag, compiled):
-    args = build_parser().parse_args(
-        ["animate", str(media("photo_ref.png")), str(media("driving_60f.mp4")), "-o", str(tmp_path / "out.mp4"),
-         "--weights", str(weights), "--offline", *flag]
-    )
-    request = request_from_args(args, args.source, [args.driving], args.output)
-    assert request.compile is compiled
-    seen = []
-    monkeypatch.setattr(animate_module, "compile_denoiser", seen.append)
-    pipeline = animate_module.load_pipeline(request, torch.device("cpu"), torch.float32)
-    assert seen == ([pipeline.models.denoiser] if compiled else [])

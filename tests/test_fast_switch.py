@@ -1,4 +1,5 @@
-"""The ``fast`` switch (``--fast``, the Loader's ``fast``): how users reach the fused kernels.
+"""The ``fast`` switch (``--fast``, the Loader's ``fast``): how users reach the fused kernels
+(and, beside it, that ``--compile`` reaches the denoiser too).
 
 Where the kernels can run it switches on all four in the denoiser; elsewhere (no CUDA, no
 Triton) it says so in one line and the run goes on, giving the video it gives without the
@@ -71,18 +72,19 @@ def test_the_switch_on_a_cpu_leaves_the_denoiser_plain_and_says_why(no_interpret
     ]
 
 
-@pytest.mark.parametrize("flag, fast_on", [([], False), (["--fast"], True)])
-def test_the_fast_option_reaches_the_denoiser(weights, monkeypatch, tmp_path, flag, fast_on):
+@pytest.mark.parametrize("flag, switch", [([], None), (["--fast"], "fast"), (["--compile"], "compile")])
+def test_the_speed_options_reach_the_denoiser(weights, monkeypatch, tmp_path, flag, switch):
     args = build_parser().parse_args(
         ["animate", str(media("photo_ref.png")), str(media("driving_60f.mp4")), "-o", str(tmp_path / "out.mp4"),
          "--weights", str(weights), "--offline", *flag]
     )
     request = request_from_args(args, args.source, [args.driving], args.output)
-    assert request.fast is fast_on
+    assert (request.fast, request.compile) == (switch == "fast", switch == "compile")
     seen = []
-    monkeypatch.setattr(animate_module, "switch_on_fast_kernels", lambda network, device: seen.append((network, device)))
+    monkeypatch.setattr(animate_module, "switch_on_fast_kernels", lambda network, device: seen.append(("fast", network)))
+    monkeypatch.setattr(animate_module, "compile_denoiser", lambda network: seen.append(("compile", network)))
     pipeline = animate_module.load_pipeline(request, torch.device("cpu"), torch.float32)
-    assert seen == ([(pipeline.models.denoiser, torch.device("cpu"))] if fast_on else [])
+    assert seen == ([(switch, pipeline.models.denoiser)] if switch else [])
 
 
 def test_fast_on_a_cpu_is_one_line_and_the_same_video(weights, tmp_path, no_interpreter, capfd):
