@@ -19,7 +19,7 @@ from .media.images import MediaError
 from .models.config import ConfigError
 from .progress import Cancelled
 from .render_options import ProgressBars, UsageError, add_render_options, default_weights, request_from_args
-from .weights.checkpoint import MOTION_ENCODER, OFFICIAL_FILES, CheckpointError, convert_to_safetensors, read_state_dict
+from .weights.checkpoint import MOTION_ENCODER, OFFICIAL_FILES, OFFICIAL_SOURCE, CheckpointError, convert_to_safetensors, read_state_dict
 from .weights.loading import DTYPES, MOTION_ENCODER_CONFIG
 
 STORED_DTYPES = {**DTYPES, "keep": None}
@@ -105,9 +105,11 @@ def doctor(args: argparse.Namespace) -> int:
         try:
             found = find_weight_file(weights, name)
             print(f"  ok       {found}  ({found.stat().st_size / 2**20:.1f} MiB)")
-        except CheckpointError as error:
+        except CheckpointError:
             problems += 1
-            print(f"  MISSING  {name}: {error}")
+            print(f"  MISSING  {name}.pth (or {name}.safetensors) in {weights}")
+    if problems:  # where to get them, said once for all the missing files
+        print(f"           {OFFICIAL_SOURCE}")
     if (weights / MOTION_ENCODER_CONFIG).is_file():
         print(f"  note     {weights / MOTION_ENCODER_CONFIG}: describes a motion encoder narrower than the official one (test weights)")
     for part in (CLIP_IMAGE_ENCODER, SVD_VAE):
@@ -138,6 +140,7 @@ def demo(args: argparse.Namespace) -> int:
         output = animate_files(plan.request, progress=bars)
     finally:
         bars.close()
+        plan.remove_scratch()
     info = probe_video(output)
     print(f"wrote {output} ({info.frame_count} frames at {float(info.fps):g} fps, {info.width}x{info.height})")
     return 0
