@@ -133,9 +133,13 @@ def _leaves(value, prefix: str = "") -> dict[str, object]:
     """A nested record flattened: ``{"weights": {"a.pth": x}}`` -> ``{"weights a.pth": x}``."""
     if isinstance(value, dict):
         return {k: v for key, item in value.items() for k, v in _leaves(item, f"{prefix}{key} ").items()}
-    if isinstance(value, list) and value:
+    if isinstance(value, list):  # an empty list has no leaves: one item more reads "more_driving 0: another file"
         return {k: v for index, item in enumerate(value) for k, v in _leaves(item, f"{prefix}{index} ").items()}
     return {prefix.rstrip(): value}
+
+
+def _shown(value) -> str:
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _is_identity(value) -> bool:
@@ -154,7 +158,7 @@ def changes(before: dict, now: dict) -> list[str]:
         if _is_identity(was) or _is_identity(now_is):
             said.append(f"{key}: another file")
         else:
-            said.append(f"{key} {json.dumps(was)} -> {json.dumps(now_is)}")
+            said.append(f"{key} {_shown(was)} -> {_shown(now_is)}")
     return said
 
 
