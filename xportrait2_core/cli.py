@@ -187,7 +187,8 @@ def add_batch_parser(commands) -> None:
                             description="Jobs from a manifest (.csv with a header row, or .jsonl), one a row: "
                                         "portrait, driving, output, and optionally seed, steps, guidance, size, "
                                         "max_frames, paste_back, faces, performer; or PORTRAITS_DIR DRIVING_DIR -o OUT_DIR. "
-                                        "Finished outputs are skipped, so running it again completes a batch.")
+                                        "Each finished video gets a record of what made it beside it (VIDEO.xportrait2.json): running it "
+                                        "again skips the videos made exactly so and completes the batch.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="a manifest, or PORTRAITS_DIR DRIVING_DIR")
     p.add_argument("-o", "--output", help="output folder (with two folders as input)")
     p.add_argument("--pairs", choices=["all", "zip"], default="all",
@@ -195,7 +196,8 @@ def add_batch_parser(commands) -> None:
     p.add_argument("--report", help="JSON report (default: beside the manifest, or in the output folder)")
     p.add_argument("--overwrite", action="store_true",
                    help="render every job again, replacing outputs that exist (without it finished videos are "
-                        "skipped and any other file in an output's place fails its job)")
+                        "skipped, those made with other settings, inputs or weights made again, and any other "
+                        "file in an output's place fails its job)")
     add_render_options(p)
     add_ray_options(p, workers_help="Ray workers, one job each at a time (default: one per GPU, or per CPU on a "
                     "cluster without GPUs)")
