@@ -6,7 +6,7 @@ prints, for the test media and for files of the sizes of a long take and of the 
 the seconds a whole-file SHA-256 takes (read from the page cache: a cold disk adds its read time,
 which a render pays too when it loads the file) beside a cheaper fingerprint that reads only
 the first and last MiB (size + head + tail), and what the second call costs (the hash is kept
-while the file's size, modification time and inode stay the same). Run from the repository root::
+while the file's size, times and inode stay the same). Run from the repository root::
 
     python bench/file_identity.py [--sizes-mib 256 1024 4096]
 """

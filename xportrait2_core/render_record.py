@@ -9,8 +9,8 @@ its pixels (or its sound). It is written, atomically, only once the video is com
 
 Files are identified by their whole content, streamed through SHA-256, about 1.2 GB/s on one core
 of a current CPU (``bench/file_identity.py``): a long take or the X-NeMo weights cost seconds, once
-per process (a file's hash is kept for as long as its size, modification time and inode stay the
-same), against minutes of rendering a job, and nothing short of the content proves that a take
+per process (a file's hash is kept for as long as its size, modification and change times and inode
+stay the same), against minutes of rendering a job, and nothing short of the content proves that a take
 trimmed in place, or weights swapped for others of the same size, are the same.
 """
 
@@ -52,7 +52,7 @@ def file_identity(path: Path, what: str = "file") -> str:
     :class:`MediaError` naming it."""
     path = require_existing_file(path, what)
     status = path.stat()
-    key = (str(path.resolve()), status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+    key = (str(path.resolve()), status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
     if key not in _known_hashes:
         digest = hashlib.sha256()
         try:
@@ -177,7 +177,11 @@ def verdict(video: Path, recipe: dict) -> Verdict:
     record = read_record(video)
     if record is None:
         return Verdict("foreign", f"no {record_path(video).name} beside it says this batch made it")
-    if record["video"] != file_identity(video, "video"):
+    try:
+        same_video = record["video"] == file_identity(video, "video")
+    except MediaError:  # emptied, or no longer readable
+        same_video = False
+    if not same_video:
         return Verdict("foreign", f"it was replaced or changed since {record_path(video).name} was written")
     if record["made_with"] == recipe:
         frames = record.get("frames")
