@@ -7,8 +7,8 @@ SHA-256, so a file put in the video's place later is not mistaken for it, and wh
 made with: the size and SHA-256 of every input file and weight file, and every setting that changes
 its pixels (or its sound). It is written, atomically, only once the video is complete.
 
-Files are identified by their whole content, streamed through SHA-256, about 1.2 GB/s on one core
-of a current CPU (``bench/file_identity.py``): a long take or the X-NeMo weights cost seconds, once
+Files are identified by their whole content, streamed through SHA-256, 0.6 to 1.2 GB/s on one core
+of a shared 2-core machine (``bench/file_identity.py``): a long take or the X-NeMo weights cost seconds, once
 per process (a file's hash is kept for as long as its size, modification and change times and inode
 stay the same), against minutes of rendering a job, and nothing short of the content proves that a take
 trimmed in place, or weights swapped for others of the same size, are the same.
