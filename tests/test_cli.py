@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -133,6 +134,8 @@ def _bad_inputs(tmp_path: Path, weights: Path) -> dict[str, tuple[list[str], str
     (tmp_path / "existing.mp4").write_bytes(b"keep me")
     empty_weights = tmp_path / "no_weights"
     empty_weights.mkdir()
+    (tmp_path / "takes").mkdir()
+    (tmp_path / "renders.mp4").mkdir()
     out = str(tmp_path / "out.mp4")
     return {
         "no face in the source": ([str(blank), driving, "-o", out], "no face found"),
@@ -143,6 +146,9 @@ def _bad_inputs(tmp_path: Path, weights: Path) -> dict[str, tuple[list[str], str
         "driving video without a face": ([photo, str(tmp_path / "no_face.mp4"), "-o", out], "no face found"),
         "output folder missing": ([photo, driving, "-o", str(tmp_path / "nowhere" / "out.mp4")], "does not exist"),
         "output exists": ([photo, driving, "-o", str(tmp_path / "existing.mp4")], "--overwrite"),
+        "driving video is a folder": ([photo, str(tmp_path / "takes"), "-o", out], f"{tmp_path / 'takes'} is a folder, not a driving video"),
+        "output is a folder": ([photo, driving, "-o", str(tmp_path / "renders.mp4"), "--overwrite"],
+                               f"{tmp_path / 'renders.mp4'} is a folder: -o names the video file to write"),
         "missing weights": ([photo, driving, "-o", out, "--weights", str(empty_weights)], "not found"),
     }
 
@@ -171,6 +177,37 @@ def test_doctor_reports_found_and_missing(weights, tmp_path, capsys):
     assert cli(["doctor", "--weights", str(tmp_path)]) == 1
     missing = capsys.readouterr().out
     assert "MISSING" in missing and "x-nemo-inference" in missing and "yunet_final.pth" in missing
+    assert missing.count("x-nemo-inference") == 1, "where to get the four files is said once"
+    assert f"  MISSING  xnemo_motion_encoder.pth (or xnemo_motion_encoder.safetensors) in {tmp_path}\n" in missing
+
+
+def test_a_file_this_user_may_not_read_is_called_unreadable_not_damaged():
+    """A portrait and a take without read permission, opened as the loaders of ``animate`` do, by
+    another user where this runs as root (root reads through permission bits)."""
+    folder = Path(tempfile.mkdtemp(prefix="xp2-unreadable-"))  # not in pytest's folders, which only their owner may enter
+    try:
+        folder.chmod(0o755)
+        files = [folder / "portrait.png", folder / "take.mp4"]
+        for file, source in zip(files, (media("photo_ref.png"), media("driving_60f.mp4"))):
+            shutil.copyfile(source, file)
+            file.chmod(0)
+        program = (
+            "import os, sys\n"
+            "from xportrait2_core.media.images import MediaError, load_image\n"
+            "from xportrait2_core.media.video_reader import probe_video\n"
+            "if os.geteuid() == 0:  # become nobody, once this Python (under root's home) has started\n"
+            "    os.setgroups([]), os.setgid(65534), os.setuid(65534)\n"
+            "for load, path in zip((load_image, probe_video), sys.argv[1:]):\n"
+            "    try:\n"
+            "        load(path)\n"
+            "    except MediaError as error:\n"
+            "        print(error)\n"
+        )
+        result = subprocess.run([sys.executable, "-c", program, *map(str, files)], cwd=REPO_ROOT, capture_output=True,
+                                text=True, timeout=120, env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"})
+    finally:
+        shutil.rmtree(folder)
+    assert result.stdout.splitlines() == [f"cannot read {file}: Permission denied" for file in files], result.stderr
 
 
 def test_tiny_weights_refuses_a_non_empty_folder(tmp_path, capsys):

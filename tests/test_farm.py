@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import shutil
 import socket
 import stat
 import subprocess
@@ -155,7 +156,11 @@ def test_manifests_and_folders_become_jobs(weights, tmp_path):
     assert (second.request.settings.guidance_scale, second.request.max_frames) == (1.5, 9)
     assert second.request.settings.steps == base.settings.steps
     for text, message in [
-        ("portrait,driving,output,face\na,b,c,1\n", "line 2: unknown column(s) face"),
+        ("portrait,driving,output,face\na,b,c,1\n", "line 1 (the header): unknown column(s) face"),
+        ("portrait,drivng,output\na,b,c\n", "line 1 (the header): unknown column(s) drivng; known: portrait, driving"),
+        ("portrait,output\na,c\n", "line 1 (the header): no driving column"),
+        ("portrait,driving,output\na,b,c,d\n", "line 2: more cells than the header has columns"),
+        ("portrait,driving,output\n\na,b,c\n\nz,,c\n", "line 5: no driving"),  # blank lines counted
         ("portrait,driving,output,steps\na,b,c,many\n", "line 2: steps: invalid literal"),
         ("portrait,driving,output\na,,c\n", "line 2: no driving"),
         ("portrait,driving,output\na,b,c\nz,b,c\n", "line 3 writes"),
@@ -174,6 +179,13 @@ def test_manifests_and_folders_become_jobs(weights, tmp_path):
     assert [j.request.output.name for j in every] == ["p1__v1.mp4", "p1__v2.mp4", "p2__v1.mp4", "p2__v2.mp4"]
     in_order = jobs_from_folders(portraits, videos, tmp_path, "zip", base)
     assert [j.label for j in in_order] == ["p1.png + v1.mp4", "p2.jpg + v2.mov"]
+    # Files that differ only in their extension keep it in the output's name, the others do not.
+    (portraits / "p1.webp").touch(), (videos / "v2.webm").touch()
+    every = jobs_from_folders(portraits, videos, tmp_path, "all", base)
+    assert [j.request.output.name for j in every if j.request.source.name == "p1.webp"] == [
+        "p1_webp__v1.mp4", "p1_webp__v2_mov.mp4", "p1_webp__v2_webm.mp4"
+    ]
+    assert len({j.request.output for j in every}) == len(every) == 9
 
 
 def test_bad_batch_input_is_one_line(weights, tmp_path, capsys):
@@ -229,8 +241,8 @@ def test_local_batch_reports_every_job_and_a_rerun_skips_the_finished(local_batc
     assert f"  {folder / 'b.mp4'}  {report[1]['error']}" in table[2]
     assert "2 jobs: 1 done, 0 skipped, 1 failed" in printed
     assert "sampling" in bars and "jobs" in bars  # the job bar and the current job's stage bars
-    assert leftovers(folder) == ["a.mp4", "corrupt.mp4", "jobs.csv", "jobs.report.json"]
-    for written in ("a.mp4", "jobs.report.json"):  # readable as the umask says, not only by their owner
+    assert leftovers(folder) == ["a.mp4", "a.mp4.xportrait2.json", "corrupt.mp4", "jobs.csv", "jobs.report.json"]
+    for written in ("a.mp4", "a.mp4.xportrait2.json", "jobs.report.json"):  # readable as the umask says, not only by their owner
         assert stat.S_IMODE((folder / written).stat().st_mode) == 0o666 & ~current_umask(), written
     finished = (folder / "a.mp4").stat().st_mtime_ns
 
@@ -293,11 +305,20 @@ def test_ray_batch_finishes_every_good_job_when_a_worker_is_killed_mid_job(weigh
     for job in report[:3]:
         assert job["frames"] == CLIP_FRAMES == probe_video(job["output"]).frame_count
     assert "corrupt.mp4" in report[3]["error"]
-    assert leftovers(tmp_path) == sorted(["corrupt.mp4", "jobs.csv", "jobs.report.json", *outputs[:3]])
-    # Resumable on Ray too: the finished jobs are skipped, the bad one fails again (before any worker starts).
+    records = [f"{name}.xportrait2.json" for name in outputs[:3]]
+    assert leftovers(tmp_path) == sorted(["corrupt.mp4", "jobs.csv", "jobs.report.json", *outputs[:3], *records])
+    # Resumable on Ray too, by the same rule: the jobs whose videos are there, made as they would be
+    # now, are skipped, the bad one fails again, and so does one whose video was replaced since,
+    # which is kept (all before any worker starts).
     assert cli(arguments) == 1
     assert [job["status"] for job in read_report(manifest)] == ["skipped", "skipped", "skipped", "failed"]
     assert "4 jobs: 0 done, 3 skipped, 1 failed" in capsys.readouterr().out
+    shutil.copyfile(clip, tmp_path / "job1.mp4")
+    assert cli(arguments) == 1
+    report = read_report(manifest)
+    assert [job["status"] for job in report] == ["skipped", "failed", "skipped", "failed"]
+    assert "it was replaced or changed since job1.mp4.xportrait2.json was written" in report[1]["error"]
+    assert (tmp_path / "job1.mp4").read_bytes() == clip.read_bytes()
 
 
 def test_animate_with_ray_writes_the_same_video_as_one_process(weights, clip, cluster, tmp_path):
@@ -411,7 +432,7 @@ def test_batch_replaces_no_file_it_did_not_write_and_no_input(weights, clip, tmp
     code, printed, _ = run_in_process(arguments)
     report = read_report(manifest)
     assert code == 1 and [job["status"] for job in report] == ["failed", "done", "failed"], printed
-    assert "exists and is not a video this batch wrote; pass --overwrite to replace it" in report[0]["error"]
+    assert "exists and is not a video this batch made (no notes.txt.mp4.xportrait2.json beside it" in report[0]["error"]
     assert "is also an input of this job" in report[2]["error"]
     assert (tmp_path / "notes.txt.mp4").read_text() == "my notes" and probe_video(clip).frame_count == CLIP_FRAMES
     code, printed, _ = run_in_process([*arguments, "--overwrite"])
@@ -431,3 +452,164 @@ def test_a_report_that_would_replace_another_file_is_refused(weights, clip, tmp_
     lines = [line for line in errors.splitlines() if line.startswith("xportrait2:")]
     assert code == 1 and len(lines) == 1, printed + errors
     assert target.read_bytes() == before and not (tmp_path / "a.mp4").exists(), "refused before any job ran"
+
+
+def test_a_rerun_skips_only_a_video_made_exactly_so_and_keeps_what_the_batch_did_not_make(local_batch, weights, clip, tmp_path):
+    """Job a's video and its record, copied from the local batch's folder, are skipped here too
+    (files are known by their content); job b's output holds an unrelated 230-frame video, which
+    fails its job and is kept. A rerun with other settings makes a again and says why; the same
+    rerun again skips it; a video put in a's place since fails its job and is kept too."""
+    for name in ("a.mp4", "a.mp4.xportrait2.json"):
+        shutil.copyfile(local_batch[0].parent / name, tmp_path / name)
+    manifest = write_manifest(tmp_path, clip, ["a.mp4", "b.mp4"], bad_row=99)
+    unrelated = media("driving_230f.mp4").read_bytes()
+    (tmp_path / "b.mp4").write_bytes(unrelated)
+    arguments = ["batch", str(manifest), "--weights", str(weights), "--no-paste-back", *FAST]  # as local_batch
+    code, printed, _ = run_in_process(arguments)
+    report = read_report(manifest)
+    assert code == 1 and [job["status"] for job in report] == ["skipped", "failed"], printed
+    assert report[1]["error"] == (
+        f"{tmp_path / 'b.mp4'} exists and is not a video this batch made (no b.mp4.xportrait2.json beside it says "
+        "this batch made it); pass --overwrite to replace it"
+    )
+    assert (tmp_path / "b.mp4").read_bytes() == unrelated
+    first = (tmp_path / "a.mp4").read_bytes()
+
+    changed = [*arguments, "--steps", "1", "--max-frames", "2"]
+    code, printed, _ = run_in_process(changed)
+    report = read_report(manifest)
+    assert [job["status"] for job in report] == ["done", "failed"], printed
+    note = "made again, what made a.mp4 changed: max_frames none -> 2, steps 2 -> 1"
+    assert f"jobs.csv line 2: {note}" in printed.splitlines() and report[0]["note"] == note
+    assert report[0]["frames"] == 2 == probe_video(tmp_path / "a.mp4").frame_count
+    assert (tmp_path / "a.mp4").read_bytes() != first and (tmp_path / "b.mp4").read_bytes() == unrelated
+
+    code, printed, _ = run_in_process(changed)
+    assert [(job["status"], job["frames"]) for job in read_report(manifest)] == [("skipped", 2), ("failed", None)]
+    assert "made again" not in printed
+
+    (tmp_path / "a.mp4").write_bytes(unrelated)
+    code, printed, _ = run_in_process(changed)
+    report = read_report(manifest)
+    assert [job["status"] for job in report] == ["failed", "failed"], printed
+    assert "(it was replaced or changed since a.mp4.xportrait2.json was written); pass --overwrite" in report[0]["error"]
+    assert (tmp_path / "a.mp4").read_bytes() == unrelated
+
+
+def test_what_made_a_video_holds_every_setting_that_changes_it_and_no_other(weights, clip, tmp_path):
+    from dataclasses import replace
+
+    from xportrait2_core.cli import build_parser
+    from xportrait2_core.face_drives import DriveMapping
+    from xportrait2_core.low_vram import LowVramSettings
+    from xportrait2_core.render_options import request_from_args
+    from xportrait2_core.render_record import changes, made_with
+
+    base = request_from_args(build_parser().parse_args(["batch", "x", "--weights", str(weights)]),
+                             str(media("photo_ref.png")), [str(clip)], str(tmp_path / "a.mp4"))
+    other_weights = tmp_path / "other-weights"
+    shutil.copytree(weights, other_weights)
+    with (other_weights / "xnemo_motion_encoder.pth").open("r+b") as file:
+        file.seek(-1, os.SEEK_END)
+        last = file.read(1)
+        file.seek(-1, os.SEEK_END)
+        file.write(bytes([last[0] ^ 1]))  # one bit of one weight file
+    other_clip = write_driving_clip(tmp_path / "other.mp4", CLIP_FRAMES + 1)
+    settings = base.settings
+    differing = {
+        "seed": replace(base, seed=1),
+        "steps": replace(base, settings=replace(settings, steps=3)),
+        "guidance": replace(base, settings=replace(settings, guidance_scale=1.5)),
+        "context_frames": replace(base, settings=replace(settings, context_frames=8)),
+        "context_overlap": replace(base, settings=replace(settings, context_overlap=2)),
+        "size": replace(base, size=128),
+        "max_frames": replace(base, max_frames=2),
+        "paste_back": replace(base, paste_back=False),
+        "dtype": replace(base, dtype=torch.bfloat16),
+        "faces": replace(base, faces="all"),
+        "performer": replace(base, performer=1),
+        "blend": replace(base, blend="rectangle"),
+        "hold_last_frame": replace(base, hold_last_frame=True),
+        "portrait": replace(base, source=media("cartoon_ref.png")),
+        "driving": replace(base, driving=other_clip),
+        "more_driving": replace(base, more_driving=(other_clip,)),
+        "drive_mapping": replace(base, drive_mapping=(DriveMapping(0, clip),)),
+        "audio_from": replace(base, audio_from=other_clip),
+        "weights xnemo_motion_encoder.pth": replace(base, weights=other_weights),
+        "weights": replace(base, face_detector=other_weights / "xnemo_motion_encoder.json"),
+    }
+    recipe = made_with(base)
+    for name, request in differing.items():
+        said = changes(recipe, made_with(request))
+        assert said and all(phrase.startswith(name) for phrase in said), (name, said)
+    assert changes(recipe, made_with(differing["weights xnemo_motion_encoder.pth"])) == [
+        "weights xnemo_motion_encoder.pth: another file"
+    ]
+    assert changes(recipe, made_with(differing["steps"])) == ["steps 35 -> 3"]
+    copy = tmp_path / "copy of the portrait.png"
+    shutil.copyfile(media("photo_ref.png"), copy)
+    alike = [
+        replace(base, source=copy),  # the same content under another name
+        replace(base, output=tmp_path / "elsewhere.mp4"), replace(base, device="cpu"), replace(base, compile=True),
+        replace(base, overwrite=True), replace(base, allow_download=False),
+        replace(base, low_vram=LowVramSettings(True, True)),
+    ]
+    for request in alike:
+        assert made_with(request) == recipe, request
+
+
+def test_a_report_folder_that_cannot_be_written_is_refused_before_any_job(weights, clip, tmp_path):
+    from tests.test_phone_media import read_only_folder
+
+    manifest = write_manifest(tmp_path, clip, ["a.mp4"], bad_row=99)
+    (tmp_path / "reports").mkdir()
+    arguments = ["batch", str(manifest), "--weights", str(weights), *FAST, "--overwrite"]
+    expected = {}
+    code, printed, errors = run_in_process([*arguments, "--report", str(tmp_path / "reports")])
+    expected["a folder"] = (code, errors, f"xportrait2: the report {tmp_path / 'reports'} is a folder: give the "
+                                          f"report's file name, e.g. --report {tmp_path / 'reports' / 'batch_report.json'}")
+    with read_only_folder(tmp_path / "locked") as locked:
+        code, printed, errors = run_in_process([*arguments, "--report", str(locked / "r.json")])
+        expected["a read-only folder"] = (code, errors, f"xportrait2: cannot write the report {locked / 'r.json'}: ")
+        assert os.listdir(locked) == []
+    for case, (code, errors, line) in expected.items():
+        lines = [line for line in errors.splitlines() if line.startswith("xportrait2:")]
+        assert code == 1 and len(lines) == 1 and lines[0].startswith(line) and "Traceback" not in errors, (case, errors)
+    assert not (tmp_path / "a.mp4").exists(), "refused before any job ran"
+
+
+def batch_with_a_file_size_limit(arguments: list[str], limit: int) -> subprocess.CompletedProcess:
+    """``xportrait2 ARGUMENTS`` in a child process that may write no file larger than ``limit``
+    bytes: a disk that is full (0) or fills while the jobs run (a few hundred bytes: the check of
+    the report's folder writes one byte)."""
+    program = (
+        "import resource, signal, sys\n"
+        "from xportrait2_core.cli import main\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    return subprocess.run([sys.executable, "-c", program, *arguments], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONDONTWRITEBYTECODE": "1"})
+
+
+def test_a_full_disk_loses_no_result_of_the_batch(weights, tmp_path):
+    """The one job fails (its take is no video), as fast as a job can; then the report cannot be
+    written: the table is printed and one line says so. A disk full from the start is found first."""
+    manifest = write_manifest(tmp_path, tmp_path / "unused.mp4", ["a.mp4"], bad_row=0)
+    report = tmp_path / "jobs.report.json"
+    arguments = ["batch", str(manifest), "--weights", str(weights), *FAST]
+    full = batch_with_a_file_size_limit(arguments, 0)
+    assert full.returncode == 1 and full.stdout == "", full.stdout + full.stderr
+    assert full.stderr.strip().splitlines()[-1] == f"xportrait2: cannot write the report {report}: File too large (folder {tmp_path})"
+    filling = batch_with_a_file_size_limit(arguments, 300)
+    assert filling.returncode == 1 and "Traceback" not in filling.stderr, filling.stderr
+    lines = filling.stdout.splitlines()
+    table = lines[lines.index(next(line for line in lines if line.startswith("job "))):]
+    assert table[0].split() == ["job", "status", "frames", "seconds", "output", "error"]
+    assert table[1].split()[:4] == ["jobs.csv", "line", "2", "failed"] and "corrupt.mp4" in table[1]
+    assert filling.stderr.strip().splitlines()[-1] == (
+        f"xportrait2: 1 jobs: 0 done, 0 skipped, 1 failed; the report could not be written to {report} "
+        "(File too large): the table above holds it"
+    )
+    assert leftovers(tmp_path) == ["corrupt.mp4", "jobs.csv"], "no partial report is left"

@@ -25,7 +25,7 @@ from .media.driving_take import DrivingTake, motion_crops, track_take
 from .media.face_blend import HEAD, FacePaste, composite_faces, face_regions
 from .media.face_detector import FaceDetectorRunner, find_yunet_weights
 from .media.face_track import LARGEST_PERFORMER, DrivingCropPlan, Performer, plan_driving_crops
-from .media.images import MAX_VIDEO_PIXELS, MediaError, load_image
+from .media.images import MAX_VIDEO_PIXELS, MediaError, load_image, require_existing_file
 from .media.portrait_faces import LARGEST, PortraitFaces, describe_faces, parse_face_selection, prepare_portrait_faces
 from .media.source_crops import REFERENCE_IMAGE_SIZE, SourcePortrait
 from .media.video_writer import WRITABLE_SUFFIXES, VideoWriter, write_animation
@@ -76,6 +76,8 @@ MAX_SIZE = 2048  # four times the official working size; a 2048 x 2048 window al
 def check_request(request: AnimateRequest) -> None:
     """Refuse what can be refused before any model is loaded or any frame is read."""
     output = request.output
+    if output.is_dir():  # else found only when the finished video is renamed into place
+        raise MediaError(f"{output} is a folder: -o names the video file to write, e.g. {output / 'animation.mp4'}")
     if output.suffix.lower() not in WRITABLE_SUFFIXES:
         raise MediaError(f"{output.name}: the output video must end in one of {', '.join(sorted(WRITABLE_SUFFIXES))}")
     if output.exists() and not request.overwrite:
@@ -95,11 +97,11 @@ def check_request(request: AnimateRequest) -> None:
     if request.drive_mapping and (request.driving_videos or request.faces != LARGEST):
         raise MediaError("--drive names every face and video: give it without a driving video or --faces")
     for item in request.drive_mapping:
-        if not item.driving.is_file():
-            raise MediaError(f"driving video {item.driving} (given for face {item.face}) does not exist")
-    for video in request.driving_videos + ([request.audio_from] if request.audio_from else []):
-        if not video.is_file():
-            raise MediaError(f"{video} does not exist")
+        require_existing_file(item.driving, f"driving video (given for face {item.face})")
+    for video in request.driving_videos:
+        require_existing_file(video, "driving video")
+    if request.audio_from:
+        require_existing_file(request.audio_from, "video")
     pick_device(request.device)
     check_weight_files(request.weights)
 

@@ -6,9 +6,12 @@ Jobs come from a manifest (CSV with a header row, or JSON Lines), one job a row:
 ``performer`` overriding the command line's settings for that job. Or from two folders: every portrait with every driving
 video, or the n-th with the n-th.
 
-A job whose output already exists (outputs only appear when complete) is skipped, so running
-the same batch again finishes what an interrupted run left. A job that fails is recorded with its
-one-line error and the batch goes on. Where the jobs run is up to the runner: in this process
+Beside each finished video the batch records what made it (:mod:`~xportrait2_core.render_record`):
+running the same batch again skips a job whose video is there, made exactly as it would be now
+(outputs only appear when complete, so this finishes what an interrupted run left), makes again,
+saying why, one this batch made with other settings, inputs or weights, and fails, keeping it, a job
+whose output holds a file it did not make. A job that fails is recorded with its one-line error and
+the batch goes on. Where the jobs run is up to the runner: in this process
 (:func:`run_locally`, the models loaded once) or on a Ray cluster (:mod:`xportrait2_core.farm`).
 """
 
@@ -17,21 +20,21 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
-import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 from .animate import AnimateRequest, LoadedModels, animate_files, load_all_models, same_file
 from .face_drives import parse_performer
-from .finished_files import publish
+from .finished_files import why_unwritable, write_text_atomically
 from .media.images import VIDEO_SUFFIXES, MediaError
 from .media.portrait_faces import parse_face_selection
 from .media.video_reader import probe_video
 from .media.video_writer import remove_partial_files
 from .progress import ProgressFn
+from .render_record import made_with, record_path, verdict, write_record
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 REQUIRED_COLUMNS = ("portrait", "driving", "output")
@@ -60,6 +63,17 @@ class JobResult:
     frames: Optional[int] = None
     seconds: float = 0.0
     error: Optional[str] = None
+    note: Optional[str] = None  # why a video of an earlier run was made again
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    """A job to render (see :func:`plan_job`): ``made_with`` is recorded beside its video once that
+    is finished; ``note`` says why a video of an earlier run is made again."""
+
+    job: BatchJob
+    made_with: dict
+    note: Optional[str] = None
 
 
 def _as_bool(text: str) -> bool:
@@ -90,6 +104,8 @@ KNOWN_COLUMNS = (*REQUIRED_COLUMNS, *_JOB_SETTINGS)
 
 def job_from_row(row: dict, where: str, folder: Path, base: AnimateRequest) -> BatchJob:
     """One manifest row (column -> text or JSON value) -> its job; ``where`` names the row in errors."""
+    if None in row:  # csv puts the cells beyond the header's columns there
+        raise ManifestError(f"{where}: more cells than the header has columns")
     unknown = sorted(set(row) - set(KNOWN_COLUMNS))
     if unknown:
         raise ManifestError(f"{where}: unknown column(s) {', '.join(unknown)}; known: {', '.join(KNOWN_COLUMNS)}")
@@ -109,6 +125,16 @@ def job_from_row(row: dict, where: str, folder: Path, base: AnimateRequest) -> B
     return BatchJob(where, request)
 
 
+def check_header(columns: list[str], where: str) -> None:
+    """A CSV header's columns, checked once, so that a typo in it is reported on its own line."""
+    unknown = [c if c.strip() else repr(c) for c in columns if c not in KNOWN_COLUMNS]
+    if unknown:
+        raise ManifestError(f"{where}: unknown column(s) {', '.join(unknown)}; known: {', '.join(KNOWN_COLUMNS)}")
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise ManifestError(f"{where}: no {', '.join(missing)} column")
+
+
 def read_manifest(path: Path, base: AnimateRequest) -> list[BatchJob]:
     """A ``.csv`` (header row first) or ``.jsonl`` manifest -> its jobs, in row order."""
     if not path.is_file():
@@ -116,7 +142,10 @@ def read_manifest(path: Path, base: AnimateRequest) -> list[BatchJob]:
     folder = path.parent
     if path.suffix.lower() == ".csv":
         with path.open(newline="", encoding="utf-8") as file:
-            rows = [(f"{path.name} line {n}", row) for n, row in enumerate(csv.DictReader(file), start=2)]
+            reader = csv.DictReader(file)
+            check_header(reader.fieldnames or [], f"{path.name} line 1 (the header)")
+            # line_num: the row's last line, blank lines and quoted line breaks counted
+            rows = [(f"{path.name} line {reader.line_num}", row) for row in reader]
     elif path.suffix.lower() in (".jsonl", ".ndjson"):
         rows = []
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
@@ -147,9 +176,16 @@ def _files_in(folder: Path, suffixes: set[str], what: str) -> list[Path]:
     return files
 
 
+def distinct_names(files: list[Path]) -> dict[Path, str]:
+    """Each file's name without its extension, or with it where another file has the same stem
+    (``drive.mov``, ``drive.webm`` -> ``drive_mov``, ``drive_webm``), so that outputs stay apart."""
+    stems = Counter(file.stem for file in files)
+    return {file: file.stem if stems[file.stem] == 1 else f"{file.stem}_{file.suffix[1:]}" for file in files}
+
+
 def jobs_from_folders(portraits: Path, driving: Path, output: Path, pairing: str, base: AnimateRequest) -> list[BatchJob]:
     """``pairing`` "all": every portrait with every driving video; "zip": the n-th with the n-th
-    (in name order). Outputs are ``OUTPUT/<portrait>__<driving>.mp4``."""
+    (in name order). Outputs are ``OUTPUT/<portrait>__<driving>.mp4`` (names from :func:`distinct_names`)."""
     images = _files_in(portraits, IMAGE_SUFFIXES, "portrait")
     videos = _files_in(driving, VIDEO_SUFFIXES, "driving video")
     if not output.is_dir():
@@ -160,9 +196,10 @@ def jobs_from_folders(portraits: Path, driving: Path, output: Path, pairing: str
         pairs = list(zip(images, videos))
     else:
         pairs = [(image, video) for image in images for video in videos]
+    names = distinct_names(images) | distinct_names(videos)
     jobs = [
         BatchJob(f"{image.name} + {video.name}",
-                 dataclasses.replace(base, source=image, driving=video, output=output / f"{image.stem}__{video.stem}.mp4"))
+                 dataclasses.replace(base, source=image, driving=video, output=output / f"{names[image]}__{names[video]}.mp4"))
         for image, video in pairs
     ]
     return check_distinct_outputs(jobs)
@@ -182,45 +219,48 @@ def _job_inputs(request: AnimateRequest) -> list[Path]:
     return [request.source, *request.driving_videos] + ([request.audio_from] if request.audio_from else [])
 
 
-def finished_result(job: BatchJob) -> Optional[JobResult]:
-    """A "skipped" result when the job's output is already there and reads as a video (and is
-    not one of its inputs), else None. Outputs appear only when complete, so one that exists is a
-    finished job of an earlier run. With ``--overwrite`` nothing is skipped."""
-    output = job.request.output
-    if job.request.overwrite or not output.is_file() or any(same_file(output, given) for given in _job_inputs(job.request)):
-        return None
-    try:
-        frames = probe_video(output).frame_count
-    except MediaError:
-        return None  # not a video: refused_result says what to do
-    return JobResult(job.label, SKIPPED, str(output), frames)
-
-
-def refused_result(job: BatchJob) -> Optional[JobResult]:
-    """A "failed" result for a job that cannot be run, found before any model is loaded or any
-    worker is busy with it (a batch whose only job left is a bad one loads nothing): its output is
-    one of its inputs, or a file that is not a video from an earlier run of the batch (replaced
-    only with ``--overwrite``), or its driving video cannot be read."""
+def plan_job(job: BatchJob) -> JobResult | PlannedJob:
+    """What to do with a job, found before any model is loaded or any worker is busy with it (a
+    batch whose only job left is a bad one loads nothing): "skipped" when its video is there, made
+    exactly as it would be now; "failed" when it cannot run (its output is one of its inputs or a
+    folder, an input cannot be read, or a file this batch did not make is where its video goes,
+    which is kept unless ``--overwrite``); else the job to render, replacing (and saying so) a
+    video this batch made with other settings, inputs or weights."""
     started = time.monotonic()
-    request = job.request
+    request, output = job.request, job.request.output
     try:
-        if any(same_file(request.output, given) for given in _job_inputs(request)):
-            raise MediaError(f"{request.output} is also an input of this job: write the animation to another file")
-        if request.output.exists() and not request.overwrite:
-            raise MediaError(f"{request.output} exists and is not a video this batch wrote; pass --overwrite to replace it")
+        if any(same_file(output, given) for given in _job_inputs(request)):
+            raise MediaError(f"{output} is also an input of this job: write the animation to another file")
+        if output.is_dir():
+            raise MediaError(f"{output} is a folder: a job's output is the video file to write")
         probe_video(request.driving)
+        recipe = made_with(request)
+        if request.overwrite or not output.exists():
+            return PlannedJob(job, recipe)
+        found = verdict(output, recipe)
+        if found.action == "foreign":
+            raise MediaError(f"{output} exists and is not a video this batch made ({found.why}); pass --overwrite to replace it")
     except Exception as error:  # as in run_job: the error is the job's result
-        return JobResult(job.label, FAILED, str(request.output), None, time.monotonic() - started, one_line(error))
-    return None
+        return JobResult(job.label, FAILED, str(output), None, time.monotonic() - started, one_line(error))
+    if found.action == "skip":
+        return JobResult(job.label, SKIPPED, str(output), found.frames)
+    note = f"made again, what made {output.name} changed: {found.why}"
+    return PlannedJob(dataclasses.replace(job, request=dataclasses.replace(request, overwrite=True)), recipe, note)
 
 
 def check_report_path(report: Path, manifest: Optional[Path], jobs: Iterable[BatchJob], overwrite: bool) -> None:
-    """Refuse a report that would replace the manifest, a job's file or a file that is no report."""
+    """Refuse a report that is a folder, would replace the manifest, a job's file or a file that is
+    no report, or cannot be written (a read-only folder, a full disk)."""
+    if report.is_dir():
+        raise ManifestError(f"the report {report} is a folder: give the report's file name, e.g. --report {report / 'batch_report.json'}")
     named = ([manifest] if manifest else []) + [path for job in jobs for path in (*_job_inputs(job.request), job.request.output)]
     if any(same_file(report, path) for path in named):
         raise ManifestError(f"the report {report} would replace a file of this batch (the manifest, an input or an output)")
     if report.exists() and not overwrite and not _is_report(report):
         raise ManifestError(f"{report} exists and is not a batch report; pass --overwrite to replace it, or choose --report")
+    reason = why_unwritable(report.parent)  # found now, not once every job has run
+    if reason:
+        raise ManifestError(f"cannot write the report {report}: {reason} (folder {report.parent})")
 
 
 def _is_report(path: Path) -> bool:
@@ -237,38 +277,57 @@ def one_line(error: BaseException) -> str:
     return text if isinstance(error, MediaError) else f"{type(error).__name__}: {text}"
 
 
-def run_job(job: BatchJob, models: LoadedModels, progress: Optional[ProgressFn] = None) -> JobResult:
-    """Render one job with loaded models; any failure becomes a "failed" result, not an exception."""
+def run_job(planned: PlannedJob, models: LoadedModels, progress: Optional[ProgressFn] = None) -> JobResult:
+    """Render a planned job with loaded models and record what made its video beside it; any
+    failure becomes a "failed" result, not an exception."""
     started = time.monotonic()
+    job, note = planned.job, planned.note
     output = job.request.output
     # A hidden partial file of a run that was killed (a crash, a lost Ray worker) is of no use.
     remove_partial_files(output)
-    request = job.request
     try:
-        animate_files(request, progress, models)
+        animate_files(job.request, progress, models)
         frames = probe_video(output).frame_count
     except Exception as error:  # the batch goes on: the error is the job's result
-        return JobResult(job.label, FAILED, str(output), None, time.monotonic() - started, one_line(error))
-    return JobResult(job.label, DONE, str(output), frames, time.monotonic() - started)
+        return JobResult(job.label, FAILED, str(output), None, time.monotonic() - started, one_line(error), note)
+    try:
+        write_record(output, planned.made_with, frames)
+    except OSError as error:
+        error_line = (f"{output} was written, but not {record_path(output).name} beside it ({error.strerror or error}): "
+                      "a rerun takes it for a file this batch did not make (pass --overwrite then)")
+        return JobResult(job.label, FAILED, str(output), frames, time.monotonic() - started, error_line, note)
+    return JobResult(job.label, DONE, str(output), frames, time.monotonic() - started, note=note)
 
 
 ResultCallback = Callable[[JobResult], None]
+NoteCallback = Callable[[str, str], None]  # (job label, note): a video made again, said before it is
+
+
+def plan_jobs(jobs: list[BatchJob], on_note: Optional[NoteCallback] = None) -> Iterator[JobResult | PlannedJob]:
+    """:func:`plan_job` of each job in turn, saying (``on_note``) which videos are made again and why."""
+    for job in jobs:
+        planned = plan_job(job)
+        if on_note is not None and isinstance(planned, PlannedJob) and planned.note:
+            on_note(job.label, planned.note)
+        yield planned
 
 
 def run_locally(
     jobs: list[BatchJob],
     on_result: Optional[ResultCallback] = None,
     progress: Optional[ProgressFn] = None,
+    on_note: Optional[NoteCallback] = None,
 ) -> list[JobResult]:
     """Run the jobs in turn in this process, loading the models once (only if a job needs them).
     All jobs share the weights, device and dtype of the first one."""
     results: list[JobResult] = []
     models: Optional[LoadedModels] = None
-    for job in jobs:
-        result = finished_result(job) or refused_result(job)
-        if result is None:
-            models = models or load_all_models(job.request)
-            result = run_job(job, models, progress)
+    for planned in plan_jobs(jobs, on_note):  # each job planned when its turn comes
+        if isinstance(planned, PlannedJob):
+            models = models or load_all_models(planned.job.request)
+            result = run_job(planned, models, progress)
+        else:
+            result = planned
         results.append(result)
         if on_result is not None:
             on_result(result)
@@ -296,12 +355,4 @@ def report_table(results: list[JobResult]) -> str:
 def write_report(results: list[JobResult], path: Path) -> None:
     """The JSON report, written atomically (a crash never leaves half a report)."""
     document = {"summary": summary(results), "jobs": [dataclasses.asdict(r) for r in results]}
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".partial.json")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(document, file, indent=2)
-            file.write("\n")
-        publish(Path(temp), path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_text_atomically(path, json.dumps(document, indent=2) + "\n")

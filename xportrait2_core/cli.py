@@ -19,7 +19,7 @@ from .media.images import MediaError
 from .models.config import ConfigError
 from .progress import Cancelled
 from .render_options import ProgressBars, UsageError, add_render_options, default_weights, request_from_args
-from .weights.checkpoint import MOTION_ENCODER, OFFICIAL_FILES, CheckpointError, convert_to_safetensors, read_state_dict
+from .weights.checkpoint import MOTION_ENCODER, OFFICIAL_FILES, OFFICIAL_SOURCE, CheckpointError, convert_to_safetensors, read_state_dict
 from .weights.loading import DTYPES, MOTION_ENCODER_CONFIG
 
 STORED_DTYPES = {**DTYPES, "keep": None}
@@ -105,9 +105,11 @@ def doctor(args: argparse.Namespace) -> int:
         try:
             found = find_weight_file(weights, name)
             print(f"  ok       {found}  ({found.stat().st_size / 2**20:.1f} MiB)")
-        except CheckpointError as error:
+        except CheckpointError:
             problems += 1
-            print(f"  MISSING  {name}: {error}")
+            print(f"  MISSING  {name}.pth (or {name}.safetensors) in {weights}")
+    if problems:  # where to get them, said once for all the missing files
+        print(f"           {OFFICIAL_SOURCE}")
     if (weights / MOTION_ENCODER_CONFIG).is_file():
         print(f"  note     {weights / MOTION_ENCODER_CONFIG}: describes a motion encoder narrower than the official one (test weights)")
     for part in (CLIP_IMAGE_ENCODER, SVD_VAE):
@@ -138,6 +140,7 @@ def demo(args: argparse.Namespace) -> int:
         output = animate_files(plan.request, progress=bars)
     finally:
         bars.close()
+        plan.remove_scratch()
     info = probe_video(output)
     print(f"wrote {output} ({info.frame_count} frames at {float(info.fps):g} fps, {info.width}x{info.height})")
     return 0
@@ -184,7 +187,8 @@ def add_batch_parser(commands) -> None:
                             description="Jobs from a manifest (.csv with a header row, or .jsonl), one a row: "
                                         "portrait, driving, output, and optionally seed, steps, guidance, size, "
                                         "max_frames, paste_back, faces, performer; or PORTRAITS_DIR DRIVING_DIR -o OUT_DIR. "
-                                        "Finished outputs are skipped, so running it again completes a batch.")
+                                        "Each finished video gets a record of what made it beside it (VIDEO.xportrait2.json): running it "
+                                        "again skips the videos made exactly so and completes the batch.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="a manifest, or PORTRAITS_DIR DRIVING_DIR")
     p.add_argument("-o", "--output", help="output folder (with two folders as input)")
     p.add_argument("--pairs", choices=["all", "zip"], default="all",
@@ -192,7 +196,8 @@ def add_batch_parser(commands) -> None:
     p.add_argument("--report", help="JSON report (default: beside the manifest, or in the output folder)")
     p.add_argument("--overwrite", action="store_true",
                    help="render every job again, replacing outputs that exist (without it finished videos are "
-                        "skipped and any other file in an output's place fails its job)")
+                        "skipped, those made with other settings, inputs or weights made again, and any other "
+                        "file in an output's place fails its job)")
     add_render_options(p)
     add_ray_options(p, workers_help="Ray workers, one job each at a time (default: one per GPU, or per CPU on a "
                     "cluster without GPUs)")

@@ -3,8 +3,8 @@
 It animates the sample portrait with the sample take shipped in ``media/samples`` (see the
 NOTICE there). With the X-NeMo weights (``--weights``, ``$XPORTRAIT2_WEIGHTS`` or
 ``./pretrained_weights``) it renders at the official settings: a real first result. Without them
-it renders with tiny random weights, written once to the user's cache folder and reused, at a small
-size: that proves the installation end to end in about a minute on a CPU, and the video is
+it renders with tiny random weights, written once to the user's cache folder and reused (where that
+cannot be written, to a temporary folder removed after the run), at a small size: that proves the installation end to end in about a minute on a CPU, and the video is
 noise-like, since random networks animate nothing.
 """
 
@@ -38,6 +38,11 @@ class DemoPlan:
     request: AnimateRequest
     tiny: bool  # rendering with tiny random weights
     weights_note: str  # what is used, for the user
+    scratch: Optional[Path] = None  # a temporary folder of tiny weights, to remove after the run
+
+    def remove_scratch(self) -> None:
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def cache_folder() -> Path:
@@ -59,6 +64,26 @@ def tiny_weights_in_cache() -> Path:
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return folder
+
+
+def tiny_weights_for_this_run() -> tuple[Path, Optional[Path], Optional[str]]:
+    """The cached tiny weights: (folder, None, None); or, where the cache folder cannot be written
+    (a read-only home, a full disk), a temporary folder of them: (folder, folder to remove, why)."""
+    try:
+        return tiny_weights_in_cache(), None, None
+    except OSError as error:
+        why = f"the cache folder {cache_folder()} cannot be written ({error.strerror or error})"
+    try:
+        scratch = Path(tempfile.mkdtemp(prefix="xportrait2-tiny-weights-"))
+    except OSError as error:
+        raise CheckpointError(f"no folder to write the demo's tiny weights to: {why}, nor {tempfile.gettempdir()} "
+                              f"({error.strerror or error}); set XDG_CACHE_HOME to a folder that can be written") from None
+    try:
+        write_tiny_weights(scratch)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return scratch, scratch, why
 
 
 def has_xnemo_weights(folder: Path) -> bool:
@@ -95,11 +120,12 @@ def plan_demo(output: Optional[Path], weights: Optional[Path], default_weights: 
     )
     if folder is not None:
         return DemoPlan(AnimateRequest(weights=folder, **common), False, f"X-NeMo weights in {folder}")
-    tiny = tiny_weights_in_cache()
+    tiny, scratch, why = tiny_weights_for_this_run()
     request = AnimateRequest(weights=tiny, size=TINY_SIZE, settings=SamplingSettings(steps=TINY_STEPS), **common)
+    where = f"; {why}, so they are written for this run only" if why else ""
     note = (
-        f"tiny RANDOM weights in {tiny} (no X-NeMo weights in {default_weights}): the video will be noise-like, since "
-        "random networks animate nothing; it proves the installation. For a real result put the official weights "
-        "there or pass --weights (see the README, Weights)"
+        f"tiny RANDOM weights in {tiny} (no X-NeMo weights in {default_weights}{where}): the video will be noise-like, "
+        "since random networks animate nothing; it proves the installation. For a real result put the official "
+        "weights there or pass --weights (see the README, Weights)"
     )
-    return DemoPlan(request, True, note)
+    return DemoPlan(request, True, note, scratch)

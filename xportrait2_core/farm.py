@@ -31,7 +31,7 @@ import torch
 
 from . import ray_auth
 from .animate import AnimateRequest, load_all_models, pick_device
-from .batch import FAILED, BatchJob, JobResult, ResultCallback, finished_result, one_line, refused_result, run_job
+from .batch import FAILED, BatchJob, JobResult, NoteCallback, PlannedJob, ResultCallback, one_line, plan_jobs, run_job
 from .compiled_denoiser import compile_denoiser
 from .kernels.fast import switch_on_fast_kernels
 from .media.video_writer import remove_partial_files
@@ -124,8 +124,8 @@ class BatchWorker:
     def __init__(self, request: AnimateRequest):
         self.models = load_all_models(request)
 
-    def run(self, job: BatchJob) -> JobResult:
-        return run_job(job, self.models)
+    def run(self, planned: PlannedJob) -> JobResult:
+        return run_job(planned, self.models)
 
 
 def run_batch_on_ray(
@@ -134,6 +134,7 @@ def run_batch_on_ray(
     workers: Optional[int] = None,
     attempts: int = DEFAULT_ATTEMPTS,
     on_result: Optional[ResultCallback] = None,
+    on_note: Optional[NoteCallback] = None,
 ) -> list[JobResult]:
     """Run the jobs on Ray workers, each taking the next job when it is free; results in job order.
 
@@ -146,12 +147,14 @@ def run_batch_on_ray(
             on_result(result)
 
     queue: deque[tuple[int, int]] = deque()  # (job index, attempts so far)
-    for index, job in enumerate(jobs):
-        finished = finished_result(job) or refused_result(job)
-        if finished is not None:
-            record(index, finished)
-        else:
+    planned: dict[int, PlannedJob] = {}
+    # In this process, as locally: the same rule skips, refuses or makes a job again.
+    for index, plan in enumerate(plan_jobs(jobs, on_note)):
+        if isinstance(plan, PlannedJob):
+            planned[index] = plan
             queue.append((index, 0))
+        else:
+            record(index, plan)
     if not queue:
         return [results[i] for i in range(len(jobs))]
     check_weight_files(jobs[queue[0][0]].request.weights)
@@ -166,7 +169,7 @@ def run_batch_on_ray(
         idle = [new_worker() for _ in range(min(count, len(queue)))]
         running: dict = {}  # task ref -> (worker, job index, attempts so far)
         try:
-            _run_queue(ray, jobs, queue, idle, running, new_worker, attempts, record)
+            _run_queue(ray, planned, queue, idle, running, new_worker, attempts, record)
         except BaseException:
             # Ctrl-C or a lost connection: stop the busy workers, then take away their partial files.
             for worker, _, _ in running.values():
@@ -179,27 +182,27 @@ def run_batch_on_ray(
     return [results[i] for i in range(len(jobs))]
 
 
-def _run_queue(ray, jobs, queue, idle, running, new_worker, attempts, record) -> None:
+def _run_queue(ray, planned, queue, idle, running, new_worker, attempts, record) -> None:
     """Hand the queued jobs to idle workers until all are recorded; a dead worker's job goes back
     to the front of the queue (at most ``attempts`` runs in all) and a fresh worker replaces it."""
     while queue or running:
         while idle and queue:
             worker = idle.pop()
             index, tries = queue.popleft()
-            running[worker.run.remote(jobs[index])] = (worker, index, tries + 1)
+            running[worker.run.remote(planned[index])] = (worker, index, tries + 1)
         [done], _ = ray.wait(list(running), num_returns=1)
         worker, index, tries = running.pop(done)
         try:
             record(index, ray.get(done))
             idle.append(worker)
         except ray.exceptions.RayActorError as death:
-            job = jobs[index]
+            job = planned[index].job
             remove_partial_files(job.request.output)
             if tries < attempts:
                 queue.appendleft((index, tries))
             else:
                 error = f"its Ray worker died {tries} times; last: {one_line(death)}"
-                record(index, JobResult(job.label, FAILED, str(job.request.output), error=error))
+                record(index, JobResult(job.label, FAILED, str(job.request.output), error=error, note=planned[index].note))
             idle.append(new_worker())
 
 

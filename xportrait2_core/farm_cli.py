@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from .animate import AnimateRequest, animate_files, check_request, pick_device
@@ -19,7 +20,8 @@ from .batch import (
 )
 from .render_options import ProgressBars, UsageError, request_from_args
 from .farm import FarmError, RayWindowPool, ray_cluster, run_batch_on_ray
-from .weights.loading import default_dtype
+from .media.face_detector import find_yunet_weights
+from .weights.loading import check_weight_files, default_dtype
 
 REPORT_NAME = "batch_report.json"
 
@@ -36,6 +38,9 @@ class BatchBars:
 
     def stage(self, stage: str, done: int, total: int) -> None:
         self.stages(stage, done, total)
+
+    def note(self, label: str, note: str) -> None:
+        self._tqdm.write(f"{label}: {note}")
 
     def job_finished(self, result: JobResult) -> None:
         self.stages.close()
@@ -78,12 +83,15 @@ def batch(args: argparse.Namespace) -> int:
         raise UsageError("--workers is the number of Ray workers: give it with --ray")
     if args.attempts < 1:
         raise UsageError(f"--attempts must be at least 1, got {args.attempts}")
+    # Every job's record of what made it names the weights: missing ones are one line, not one a job.
+    check_weight_files(base.weights)
+    find_yunet_weights(base.face_detector, [base.weights])
     bars = BatchBars(len(jobs))
     try:
         if args.ray is None:
-            results = run_locally(jobs, on_result=bars.job_finished, progress=bars.stage)
+            results = run_locally(jobs, on_result=bars.job_finished, progress=bars.stage, on_note=bars.note)
         else:
-            results = run_batch_on_ray(jobs, args.ray or None, args.workers, args.attempts, bars.job_finished)
+            results = run_batch_on_ray(jobs, args.ray or None, args.workers, args.attempts, bars.job_finished, bars.note)
     except FarmError as error:
         raise UsageError(str(error)) from None
     except KeyboardInterrupt:
@@ -91,8 +99,13 @@ def batch(args: argparse.Namespace) -> int:
         print("xportrait2: interrupted; finished videos are kept, run the same command again to do the rest")
         return 130
     bars.close()
-    write_report(results, report)
     print(report_table(results))
+    try:
+        write_report(results, report)
+    except OSError as error:  # the disk filled while the jobs ran: the table above is the report
+        print(f"xportrait2: {summary(results)}; the report could not be written to {report} ({error.strerror or error}): "
+              "the table above holds it", file=sys.stderr)
+        return 1
     print(f"{summary(results)}; report: {report}")
     return 1 if any(result.status == FAILED for result in results) else 0
 

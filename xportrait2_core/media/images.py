@@ -37,7 +37,7 @@ class MediaError(ValueError):
 
 
 def require_existing_file(path: PathLike, what: str) -> Path:
-    """The path as a ``Path`` if it is a non-empty regular file, else a :class:`MediaError`."""
+    """The path as a ``Path`` if it is a non-empty regular file this user can read, else a :class:`MediaError`."""
     path = Path(path)
     if not path.exists():
         raise MediaError(f"{what} not found: {path}")
@@ -45,6 +45,10 @@ def require_existing_file(path: PathLike, what: str) -> Path:
         raise MediaError(f"{path} is a folder, not a {what}")
     if path.stat().st_size == 0:
         raise MediaError(f"{path.name} is empty (0 bytes): give a real {what}")
+    try:  # a file this user may not read is not a damaged one: say which it is before decoding
+        path.open("rb").close()
+    except OSError as error:
+        raise MediaError(f"cannot read {path}: {error.strerror or error}") from None
     return path
 
 
