@@ -189,7 +189,7 @@ def test_full_disk_raises_media_error_and_removes_the_partial_file(tmp_path):
         """
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
-    assert "MediaError: writing out.mp4 failed" in result.stdout, result.stdout + result.stderr
+    assert f"MediaError: writing out.mp4 into {tmp_path} failed" in result.stdout, result.stdout + result.stderr
     assert leftovers(tmp_path) == []
 
 
