@@ -54,6 +54,8 @@ SOAK_PROMPTS = 10  # bench/soak.py: 40
 BAD_AT = {1: "missing portrait", 4: "no-face take", 6: "face index out of range"}  # queued behind these prompts
 CANCELS = 4  # one per stage; bench/soak.py: 10
 MEASUREMENTS: dict[str, object] = {}
+# Minutes of work: CI runs the module beside the older ComfyUI's tests, where there is room.
+pytestmark = pytest.mark.all_day
 
 
 def reference_prompt() -> dict:
