@@ -227,10 +227,11 @@ def cancel_at(server: PackServer, workflow: dict, stage: str, tick: int) -> Canc
         events.append(message["type"])
         if message["type"] == "execution_interrupted" and cancelled_at:
             cancelled_at.append(time.monotonic())
-        if message["type"] != "progress":
-            return
-        ticks.append(message["data"]["node"])
-        if message["data"]["node"] == watched and message["data"]["value"] == tick and not cancelled_at:
+        if message["type"] == "progress":
+            ticks.append(message["data"]["node"])
+        reached = message["type"] in ("executing", "progress") and message["data"].get("node") == watched and (
+            message["data"].get("value", 0) == tick)  # tick 0: the node has just started
+        if reached and not cancelled_at:
             cancelled_at.append(time.monotonic())
             threading.Thread(target=cancel).start()  # the socket keeps being read meanwhile
 
@@ -243,10 +244,12 @@ def cancel_at(server: PackServer, workflow: dict, stage: str, tick: int) -> Canc
 
 
 def cancel_plan(count: int, seed: int = 32) -> list[tuple[str, int]]:
-    """(stage, tick) of each cancel: every stage in turn, at a random tick of it (tracking a frame
-    1..3 of 4, sampling step 1 of 2, decoding a frame 1..3 of 4, writing the last frame)."""
+    """(stage, tick) of each cancel: every stage in turn, at a random tick of it (0: as the node
+    starts). Tracking a 4-frame take ticks once, at its end, so it is cancelled as it starts;
+    sampling as it starts or after its first step, decoding after one of its first three frames, and
+    writing when the last frame has gone to the writer, which is finishing the MP4."""
     rng = random.Random(seed)
-    ticks = {"tracking": range(1, TAKE_FRAMES), "sampling": range(1, 2), "decoding": range(1, TAKE_FRAMES),
+    ticks = {"tracking": range(0, 1), "sampling": range(0, 2), "decoding": range(0, TAKE_FRAMES),
              "writing": range(TAKE_FRAMES, TAKE_FRAMES + 1)}
     return [(stage, rng.choice(ticks[stage])) for stage in itertools.islice(itertools.cycle(CANCEL_STAGES), count)]
 
