@@ -58,8 +58,10 @@ MEASUREMENTS: dict[str, object] = {}
 pytestmark = pytest.mark.all_day
 
 
-def reference_prompt() -> dict:
-    return long_take(PHOTO, SHORT_CLIP, seed=7)
+def reference_prompt(index: int) -> dict:
+    """Two prompts taken in turn after the cancels: each differs from the one before it (its seed),
+    so ComfyUI's cache cannot hand out the earlier file and the prompt runs again."""
+    return long_take(PHOTO, SHORT_CLIP, seed=7 + index % 2)
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +69,8 @@ def server(comfyui_path, xp2_models, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("comfyui-all-day")
     write_all_day_inputs(workdir / "input")
     with PackServer(comfyui_path, workdir, xp2_models) as running:
-        # What a fresh server makes of the reference prompt: its first prompt.
-        running.fresh_reference = saved_mp4(running, running.run_ok(reference_prompt())).read_bytes()
+        # What a fresh server makes of the two reference prompts: its first two prompts.
+        running.fresh_references = [saved_mp4(running, running.run_ok(reference_prompt(n))).read_bytes() for n in (0, 1)]
         yield running
     print("\nall-day measurements:", json.dumps(MEASUREMENTS, indent=1))
 
@@ -116,9 +118,9 @@ def test_b_cancels_at_every_stage_stop_within_one_call_and_leave_nothing(server)
         assert folder_files(output) == outputs_before, stage
         assert partial_files(temp) == [], stage
         # The next prompt gives exactly what a fresh server gave, in a new file.
-        again = saved_mp4(server, server.run_ok(reference_prompt()))
-        assert str(again.relative_to(output)) not in outputs_before
-        assert again.read_bytes() == server.fresh_reference, stage
+        again = saved_mp4(server, server.run_ok(reference_prompt(index)))
+        assert str(again.relative_to(output)) not in outputs_before  # made now, not from the cache
+        assert again.read_bytes() == server.fresh_references[index % 2], stage
     MEASUREMENTS["cancel_to_stop_s"] = timings
 
 
