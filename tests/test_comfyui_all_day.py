@@ -225,7 +225,8 @@ SLOW_WRITER = textwrap.dedent(
     with VideoWriter({target!r}, fps=25) as writer:
         while not os.path.exists({stop!r}):
             writer.write(torch.full((64, 64, 3), writer.frames_written % 250, dtype=torch.uint8))
-            print("wrote", writer.frames_written, flush=True)
+            if writer.frames_written == 1:
+                print("wrote", writer.frames_written, flush=True)
             time.sleep(0.05)
     """
 )
@@ -249,14 +250,15 @@ def test_f_a_server_killed_while_writing_leaves_only_hidden_partial_files_the_ne
         "earlier_take.mp4", ".hidden_take.mp4", "notes.partial.mp4", ".my.draft.partial.mp4", ".take.2026.partial.mp4")}
     for name, data in users.items():
         (videos / name).write_bytes(data)
-    # A batch writing into the same folder, killed mid-file, and one still at work.
-    killed = start_writer(videos / "from_a_killed_batch.mp4")
-    killed.kill()
-    killed.wait()
+    # A batch writing into the same folder all along (its partial file must outlive both starts).
     live_target = videos / "still_being_written.mp4"
     live = start_writer(live_target)
     server = PackServer(comfyui_path, tmp_path, xp2_models).start()
     try:
+        # Another one, killed mid-file while the server runs.
+        killed = start_writer(videos / "from_a_killed_batch.mp4")
+        killed.kill()
+        killed.wait()
         workflow = long_take(PHOTO, DRIVING_CLIP, seed=9)
         decoder = next(node for node, body in workflow.items() if body["class_type"] == "XPortrait2DecodeToVideo")
         seen_partial: list[str] = []
