@@ -97,7 +97,8 @@ def write_failure(target: Path, error: BaseException) -> str:
     """One line for a failed write that names the folder, and the disk when it is full."""
     reason = str(error)
     if getattr(error, "errno", None) == errno.ENOSPC or "No space left" in reason:
-        reason = f"the disk holding {target.parent} is full ({reason})"
+        # Not the error's own text, which names the hidden partial file rather than the target.
+        reason = f"the disk holding {target.parent} is full (no space left on the device)"
     return f"writing {target.name} into {target.parent} failed: {reason}"
 
 
