@@ -94,9 +94,10 @@ def test_a_soak_keeps_memory_and_temp_flat_and_bad_prompts_fail_alone(server):
     assert all(len(files) == 1 for files in by_inputs.values()), [k for k, v in by_inputs.items() if len(v) > 1]
     assert len({next(iter(files)) for files in by_inputs.values()}) == len(by_inputs)
     assert {record.inputs[0] for record in records} == set(PORTRAITS)
-    # The temp folder holds the one take ComfyUI still caches, not one per prompt.
+    # The temp folder holds at most the one take ComfyUI still caches, not one per prompt (none
+    # once the bad prompt queued behind has made ComfyUI drop it, as v0.3.64 does).
     MEASUREMENTS["soak_temp_files"] = [record.temp_files for record in records]
-    assert all(record.temp_files == 1 for record in records), MEASUREMENTS["soak_temp_files"]
+    assert max(record.temp_files for record in records) <= 1, MEASUREMENTS["soak_temp_files"]
     # Each bad prompt failed on its own, in one line, and the next prompt ran.
     failures = {case: message for record in records for case, message in record.bad.items()}
     assert set(failures) == set(BAD_PROMPTS)
