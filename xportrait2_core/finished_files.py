@@ -73,7 +73,7 @@ def remove_if_abandoned(partial: Path) -> bool:
     try:
         if fcntl is not None:
             try:
-                pass  # MUTATION
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 return False  # a live writer holds it
         partial.unlink()
