@@ -14,6 +14,7 @@ from .sampler import XPortrait2Sampler, XPortrait2SamplerAdvanced, XPortrait2Sch
 from .source_face import XPortrait2SourceFaceCrop
 
 comfy_adapter.register_model_folder()
+comfy_adapter.remove_abandoned_partial_videos()
 comfy_adapter.advertise_blueprint_search_aliases()
 
 

@@ -10,9 +10,11 @@ must be added there: ``tests/test_comfyui_names.py`` checks both the list and Co
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import uuid
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -34,6 +36,7 @@ from comfy_api.v0_0_2 import InputImpl
 
 from ..xportrait2_core.compiled_denoiser import compile_denoiser
 from ..xportrait2_core.context_windows import SeededWindowOffsets, context_windows
+from ..xportrait2_core.finished_files import new_partial_file, publish, remove_abandoned_partial_files, write_failure
 from ..xportrait2_core.kernels.fast import switch_on_fast_kernels
 from ..xportrait2_core.media.face_detector import FaceDetectorRunner, find_yunet_weights
 from ..xportrait2_core.models.operations import LayerFactory
@@ -236,10 +239,41 @@ def temp_video_path() -> Path:
     return folder / f"XPortrait2_{uuid.uuid4().hex[:12]}.mp4"
 
 
+class TakeFile(InputImpl.VideoFromFile):
+    """A rendered take in the temp folder as a VIDEO. Saving writes a hidden partial file beside
+    the target and renames it when complete, so a full disk, a crash or a kill never leaves half a
+    video (that does not play) in the output folder; a failure says which folder and disk."""
+
+    def save_to(self, path, *args, **kwargs):
+        if isinstance(path, io.IOBase):  # an in-memory preview: nothing on disk to guard
+            return super().save_to(path, *args, **kwargs)
+        target = Path(path)
+        partial, lock = new_partial_file(target)
+        try:
+            super().save_to(str(partial), *args, **kwargs)
+            publish(partial, target)
+        except Exception as error:
+            partial.unlink(missing_ok=True)
+            raise OSError(write_failure(target, error)) from error
+        finally:
+            os.close(lock)
+
+
 def video_from_file(path: Path):
     """A VIDEO that is only a reference to a finished file: consumers stream it, Save Video copies
-    its packets without re-encoding."""
-    return InputImpl.VideoFromFile(str(path))
+    its packets without re-encoding. The file goes when the VIDEO does (ComfyUI drops a node's
+    output from its cache when a later prompt replaces it), so the temp folder does not fill up
+    over a day of renders."""
+    video = TakeFile(str(path))
+    weakref.finalize(video, Path(path).unlink, missing_ok=True)
+    return video
+
+
+def remove_abandoned_partial_videos() -> list[Path]:
+    """At pack start: the hidden partial files a killed server left in the output and temp
+    folders (only names the pack's writers give, and only files no live writer holds)."""
+    folders = {Path(folder_paths.get_output_directory()), Path(folder_paths.get_temp_directory())}
+    return [path for folder in folders for path in remove_abandoned_partial_files(folder)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -70,6 +70,7 @@ COMFYUI_NAMES: tuple[ComfyName, ...] = (
     ComfyName("folder_paths:get_filename_list", calls=("folder_name",)),
     ComfyName("folder_paths:get_full_path_or_raise", calls=("folder_name, filename",)),
     ComfyName("folder_paths:get_temp_directory", calls=("",)),
+    ComfyName("folder_paths:get_output_directory", calls=("",)),
     # Devices, dtypes and who holds which network in VRAM.
     ComfyName("comfy.model_management:intermediate_device", calls=("",)),
     ComfyName("comfy.model_management:get_torch_device", calls=("",)),

@@ -19,7 +19,7 @@ import torch
 
 from harness.media import media, psnr, write_clip_with_audio
 from xportrait2_core.batch import write_report
-from xportrait2_core.finished_files import current_umask
+from xportrait2_core.finished_files import current_umask, remove_abandoned_partial_files
 from xportrait2_core.media.images import MediaError
 from xportrait2_core.media.video_reader import iter_frames, probe_video
 from xportrait2_core.media.video_writer import VideoWriter, exact_frame_rate, write_animation
@@ -189,7 +189,7 @@ def test_full_disk_raises_media_error_and_removes_the_partial_file(tmp_path):
         """
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
-    assert "MediaError: writing out.mp4 failed" in result.stdout, result.stdout + result.stderr
+    assert f"MediaError: writing out.mp4 into {tmp_path} failed" in result.stdout, result.stdout + result.stderr
     assert leftovers(tmp_path) == []
 
 
@@ -433,3 +433,31 @@ def test_the_same_frames_make_the_same_file_whatever_lies_in_memory(tmp_path):
             writer.write(frames)
         digests.add(path.read_bytes())
     assert len(digests) == 1
+
+
+def test_a_clean_up_removes_abandoned_partial_files_only(tmp_path):
+    """What a killed writer left goes; a live writer's partial file and the user's files stay,
+    however much they look like partial files."""
+    nested = tmp_path / "video"
+    nested.mkdir()
+    users = ["take.mp4", ".hidden.mp4", "notes.partial.mp4", ".my.draft.partial.mp4", ".take.2026.partial.mp4"]
+    for name in users:
+        (nested / name).write_bytes(b"the user's")
+    killed = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time, torch
+        sys.path.insert(0, {str(REPO_ROOT)!r})
+        from xportrait2_core.media.video_writer import VideoWriter
+        writer = VideoWriter({str(nested / "killed.mp4")!r}, fps=25)
+        writer.write(torch.zeros(2, 64, 64, 3, dtype=torch.uint8))
+        print("writing", flush=True)
+        time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True)
+    assert killed.stdout.readline() == "writing\n"
+    killed.kill()
+    killed.wait()
+    with VideoWriter(nested / "live.mp4", fps=25) as live:
+        live.write(torch.zeros(2, 64, 64, 3, dtype=torch.uint8))
+        removed = remove_abandoned_partial_files(tmp_path)
+        assert [path.name for path in removed] and all(path.name.startswith(".killed.") for path in removed), removed
+        assert sorted(leftovers(nested)) == sorted(users + [live._temp_path.name])
+    assert sorted(leftovers(nested)) == sorted(users + ["live.mp4"])

@@ -4,13 +4,28 @@ Writers fill a hidden temporary file beside the target (``tempfile.mkstemp``, wh
 readable by its owner alone) and rename it when done. Before the rename the file gets the mode any
 new file of this process would get (0o666 less the umask), so that a shared render folder, a
 service account or a container can read the results, as the user's umask intends.
+
+While it is written, the partial file is locked (POSIX ``flock``; on Windows an open file cannot
+be deleted), so that a clean-up of partial files a killed process left never removes the file of
+a writer that is still at work (another server or batch sharing the folder).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import tempfile
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+# mkstemp's names: the given prefix and suffix around 8 characters of this alphabet.
+_MKSTEMP_PART = r"[a-z0-9_]{8}"
+PARTIAL_NAME = re.compile(rf"^\.(?P<stem>.+)\.{_MKSTEMP_PART}\.partial(?P<suffix>\.[A-Za-z0-9]+)$")
 
 
 def current_umask() -> int:
@@ -25,6 +40,66 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def partial_prefix(target: Path) -> str:
+    return f".{target.stem}."
+
+
+def partial_suffix(target: Path) -> str:
+    return f".partial{target.suffix}"
+
+
+def new_partial_file(target: Path) -> tuple[Path, int]:
+    """A new hidden, locked partial file beside ``target``: its path and its open descriptor, which
+    holds the lock until it is closed (after :func:`publish` or removal)."""
+    handle, name = tempfile.mkstemp(dir=target.parent, prefix=partial_prefix(target), suffix=partial_suffix(target))
+    if fcntl is not None:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    return Path(name), handle
+
+
+def is_partial_file(path: Path) -> bool:
+    """Whether the name is one a writer here gives its partial files (and so no user's file)."""
+    return PARTIAL_NAME.match(path.name) is not None
+
+
+def remove_if_abandoned(partial: Path) -> bool:
+    """Delete a partial file whose writer is gone (its lock is free); True if it was removed."""
+    try:
+        handle = os.open(partial, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return False  # a live writer holds it
+        partial.unlink()
+        return True
+    except OSError:
+        return False  # Windows: still open by its writer
+    finally:
+        os.close(handle)
+
+
+def remove_abandoned_partial_files(folder: Path) -> list[Path]:
+    """Delete, anywhere under ``folder``, the partial files of writers that were killed outright
+    (SIGKILL, a crash, power lost), where no clean-up could run. Only names :func:`is_partial_file`
+    accepts are touched, and only unlocked ones. Returns what was removed."""
+    if not folder.is_dir():
+        return []
+    return [path for path in folder.rglob(".*.partial.*") if is_partial_file(path) and path.is_file() and remove_if_abandoned(path)]
+
+
+def write_failure(target: Path, error: BaseException) -> str:
+    """One line for a failed write that names the folder, and the disk when it is full."""
+    reason = str(error)
+    if getattr(error, "errno", None) == errno.ENOSPC or "No space left" in reason:
+        # Not the error's own text, which names the hidden partial file rather than the target.
+        reason = f"the disk holding {target.parent} is full (no space left on the device)"
+    return f"writing {target.name} into {target.parent} failed: {reason}"
 
 
 def publish(temporary: Path, target: Path) -> None:

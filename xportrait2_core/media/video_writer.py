@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import glob
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
@@ -16,7 +15,7 @@ import av
 import numpy as np
 import torch
 
-from ..finished_files import publish
+from ..finished_files import new_partial_file, partial_prefix, partial_suffix, publish, remove_if_abandoned, write_failure
 from .images import MediaError, PathLike
 from .video_reader import VideoSource, readable_source
 
@@ -57,20 +56,12 @@ def _even_padded(frames: np.ndarray) -> np.ndarray:
     return np.pad(frames, padding, mode="edge") if height % 2 or width % 2 else frames
 
 
-def _partial_prefix(path: Path) -> str:
-    return f".{path.stem}."
-
-
-def _partial_suffix(path: Path) -> str:
-    return f".partial{path.suffix}"
-
-
 def remove_partial_files(path: PathLike) -> None:
     """Delete the hidden partial files a writer of ``path`` left when its process was killed
     outright (a crash, a lost Ray worker), where no clean-up could run."""
     path = Path(path)
-    for partial in path.parent.glob(f"{glob.escape(_partial_prefix(path))}*{glob.escape(_partial_suffix(path))}"):
-        partial.unlink(missing_ok=True)
+    for partial in path.parent.glob(f"{glob.escape(partial_prefix(path))}*{glob.escape(partial_suffix(path))}"):
+        remove_if_abandoned(partial)
 
 
 class _AudioRemuxer:
@@ -165,18 +156,16 @@ class VideoWriter:
             raise MediaError(f"cannot write {self.path}: folder {self.path.parent} does not exist")
         self.frames_written = 0
         self._frame_size: tuple[int, int] | None = None
-        self._temp_path = self._make_temp_path()
+        self._temp_path, self._lock = self._make_temp_path()
         self._audio: _AudioRemuxer | None = None
         self._closed = False
         self._guarded(self._open, crf, preset, audio_from)
 
-    def _make_temp_path(self) -> Path:
+    def _make_temp_path(self) -> tuple[Path, int]:
         try:
-            handle, name = tempfile.mkstemp(dir=self.path.parent, prefix=_partial_prefix(self.path), suffix=_partial_suffix(self.path))
+            return new_partial_file(self.path)
         except OSError as error:
             raise MediaError(f"cannot write into {self.path.parent}: {error}") from error
-        os.close(handle)
-        return Path(name)
 
     def _open(self, crf: int, preset: str, audio_from: VideoSource | None) -> None:
         self._container = av.open(str(self._temp_path), mode="w")
@@ -195,7 +184,7 @@ class VideoWriter:
             action(*args)
         except (av.FFmpegError, OSError) as error:
             self.abort()
-            raise MediaError(f"writing {self.path.name} failed: {error}") from error
+            raise MediaError(write_failure(self.path, error)) from error
         except BaseException:
             self.abort()
             raise
@@ -241,6 +230,12 @@ class VideoWriter:
             self._audio.close()
         self._container.close()
         publish(self._temp_path, self.path)
+        self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def close(self) -> None:
         """Flush the encoder, finish the file and move it to its name."""
@@ -262,6 +257,7 @@ class VideoWriter:
                 except (av.FFmpegError, OSError):
                     pass  # the file is being thrown away; a failed trailer write does not matter
         self._temp_path.unlink(missing_ok=True)
+        self._release_lock()
 
 
 def write_animation(writer: VideoWriter, frame_chunks: Iterable[torch.Tensor]) -> None:
