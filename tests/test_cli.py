@@ -224,3 +224,39 @@ def test_sigterm_while_writing_leaves_no_file(weights, tmp_path):
     assert process.returncode == 143, seen + rest
     assert "terminated (SIGTERM)" in rest and "Traceback" not in rest
     assert leftovers(tmp_path) == []
+
+
+def test_a_second_run_with_the_same_output_is_refused_while_the_first_runs(weights, tmp_path, capsys):
+    """Two runs started together with one ``-o``: the first claims the name when it starts, the
+    second is refused at once (with --overwrite too: that replaces a finished video, not one being
+    made); a claim left by a killed run blocks nobody."""
+    out = tmp_path / "shared.mp4"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "xportrait2_core.cli", "animate", str(media("photo_ref.png")),
+         str(media("driving_60f.mp4")), "-o", str(out), "--weights", str(weights), "--size", "128",
+         "--max-frames", "8", "--steps", "30", "--offline"],
+        cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True,
+    )
+    seen = ""
+    deadline = time.monotonic() + 600
+    while "detecting faces" not in seen and time.monotonic() < deadline:  # past the claim, before any file
+        seen += first.stderr.read(1)
+    assert not out.exists()
+    try:
+        for extra in ([], ["--overwrite"]):
+            code = cli(["animate", str(media("cartoon_ref.png")), str(media("driving_60f.mp4")), "-o", str(out),
+                        "--weights", str(weights), "--size", "128", "--max-frames", "4", *FAST, *extra])
+            err = capsys.readouterr().err
+            lines = [line for line in err.splitlines() if line.startswith("xportrait2:")]
+            assert code == 1 and len(lines) == 1, err
+            assert f"{out} is being written by another run (process {first.pid} on" in lines[0], err
+            assert "detecting faces" not in err, "refused before any work"
+    finally:
+        first.send_signal(signal.SIGKILL)  # no clean-up can run: the claim's file stays behind
+        first.communicate(timeout=120)
+    assert not out.exists()
+    from xportrait2_core.finished_files import OutputClaim
+
+    with OutputClaim(out) as claim:  # the dead run's claim is no claim
+        assert claim.path.is_file() and f"process {os.getpid()} on" in claim.path.read_text()
+    assert not claim.path.exists()
