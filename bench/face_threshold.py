@@ -110,11 +110,8 @@ def main() -> None:
     def locate(image):
         return detect_face(image, reference)
 
-    def locate_with_landmarks(image):
-        return reference.detect_with_landmarks(image[None])[0][0]
-
     started = time.perf_counter()
-    pictures = build_face_set(locate, locate_with_landmarks)
+    pictures = build_face_set(locate)
     built = time.perf_counter() - started
     started = time.perf_counter()
     never = 2.0  # above any score: that head finds nothing

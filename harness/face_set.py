@@ -1,8 +1,9 @@
 """A small, versioned set of pictures with and without a face, built at run time (issue 34).
 
 Faces: the shared portraits and frames of both shared driving takes, and what a user gives made
-from them: rescaled (256 to 4K), cropped close, small in a wide picture, mirrored, the most turned
-(three-quarter) frames of the takes. Each comes with where its face is: the box the detector finds
+from them: rescaled (256 to 4K), cropped close, small in a wide picture, mirrored, turned as a plane
+(a stand-in for three-quarter views, which the shared media lacks), and each take's most turned
+frame. Each comes with where its face is: the box the detector finds
 on the unaltered original (all score about 1.0 there), moved and scaled with the picture.
 
 No face: black, white, greys, noise, gradients, flat colours, a text page, drawn scenes, and the
@@ -22,13 +23,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from kornia.geometry.linalg import transform_points
+from kornia.geometry.transform import get_perspective_transform, warp_perspective
+
 from harness.media import media, take_frames
 from xportrait2_core.media.crops import FaceBox, frames_to_images
 from xportrait2_core.media.images import load_image
 
 FACE_SET_VERSION = 1
 PORTRAITS = ("photo_ref.png", "cartoon_ref.png")
-TAKES = {"driving_230f.mp4": 23, "driving_60f.mp4": 6}  # every n-th frame: 10 frames of each
+# Every n-th frame (10 of each take), and the most turned frame: the nose farthest off the middle
+# of the eyes (0.05 and 0.16 eye distances, of every 4th frame; the takes are nearly frontal).
+TAKES = {"driving_230f.mp4": 23, "driving_60f.mp4": 6}
+MOST_TURNED = {"driving_230f.mp4": 164, "driving_60f.mp4": 48}
 GREY = 0.45
 
 
@@ -109,13 +116,6 @@ def _beside_the_head(image: torch.Tensor, face: FaceBox) -> list[tuple[str, torc
             scale = 256 / strip.shape[-2]
             out.append((side, _resized(strip, 256, max(64, round(strip.shape[-1] * scale)))))
     return out
-
-
-def _yaw(landmarks: torch.Tensor) -> float:
-    """How far the nose sits off the middle of the eyes, in eye distances: 0 frontal, ~0.5 three-quarter."""
-    left_eye, right_eye, nose = landmarks[0:2], landmarks[2:4], landmarks[4:6]
-    eye_distance = (right_eye - left_eye).norm().clamp(min=1.0)
-    return abs(float((nose[0] - (left_eye[0] + right_eye[0]) / 2) / eye_distance))
 
 
 def _flat(colour: tuple[float, float, float], height: int = 512, width: int = 512) -> torch.Tensor:
@@ -206,47 +206,50 @@ def faceless_pictures() -> list[Picture]:
 
 
 def real_originals() -> list[tuple[str, torch.Tensor]]:
-    """The shared portraits and every n-th frame of both takes, as they are."""
+    """The shared portraits, every n-th frame of both takes and their most turned frame, as they are."""
     originals = [(name, load_image(media(name))) for name in PORTRAITS]
     for take, step in TAKES.items():
-        frames = take_frames(10 * step, media(take))
-        for index in range(0, 10 * step, step):
+        frames = take_frames(max(10 * step, MOST_TURNED[take] + 1), media(take))
+        for index in [*range(0, 10 * step, step), MOST_TURNED[take]]:
             originals.append((f"{take}#{index}", frames_to_images(torch.from_numpy(frames[index]))[0]))
     return originals
 
 
-def three_quarter_frames(locate_with_landmarks: Callable[[torch.Tensor], torch.Tensor], count: int = 3) -> list[Picture]:
-    """The ``count`` most turned frames of each take (by the landmarks on every 2nd frame)."""
-    pictures = []
-    for take in TAKES:
-        frames = take_frames(230 if take == "driving_230f.mp4" else 60, media(take))[::2]
-        images = [frames_to_images(torch.from_numpy(frame))[0] for frame in frames]
-        rows = [locate_with_landmarks(image) for image in images]
-        turned = sorted(range(len(images)), key=lambda i: -_yaw(rows[i][5:11]))[:count]
-        for index in turned:
-            pictures.append(Picture(f"{take}#{2 * index} turned {_yaw(rows[index][5:11]):.2f}", images[index],
-                                    FaceBox(*rows[index][:4].tolist())))
-    return pictures
+def _turned(image: torch.Tensor, face: FaceBox, squeeze: float = 0.35) -> tuple[torch.Tensor, FaceBox]:
+    """The picture as a plane turned about its vertical axis (the right side farther away, shorter
+    and nearer the middle): a stand-in for a three-quarter view, which the shared media lacks."""
+    height, width = image.shape[-2:]
+    corners = torch.tensor([[0.0, 0.0], [width, 0.0], [width, height], [0.0, height]])
+    far = squeeze * height / 2
+    moved = torch.tensor([[0.0, 0.0], [width * (1 - squeeze / 2), far], [width * (1 - squeeze / 2), height - far],
+                          [0.0, height]])
+    homography = get_perspective_transform(corners[None], moved[None])
+    turned = warp_perspective(image[None], homography, (height, width), padding_mode="border")[0]
+    box = torch.tensor([[face.left, face.top], [face.right, face.top], [face.right, face.bottom], [face.left, face.bottom]])
+    mapped = transform_points(homography, box[None])[0]
+    return turned.clamp(0, 1), FaceBox(*mapped.min(dim=0).values.tolist(), *mapped.max(dim=0).values.tolist())
 
 
-def face_pictures(locate: Locate, locate_with_landmarks: Callable[[torch.Tensor], torch.Tensor]) -> list[Picture]:
+def face_pictures(locate: Locate) -> list[Picture]:
     """The pictures with one face, each with its box: ``locate`` gives the face of an original."""
     pictures = []
     for name, image in real_originals():
         face = locate(image)
         pictures.append(Picture(name, image, face))
-        if "#" in name and not name.endswith(("#0", "#46", "#30")):
-            continue  # of the takes, three frames each get the variants below
+        if "#" in name and not name.endswith("#0"):
+            continue  # of the takes, the first frame gets the variants below
         height, width = image.shape[-2:]
         for side in (256, 1024):
             pictures.append(Picture(f"{name} at {side}", _resized(image, side, side), _moved(face, side / width, side / height)))
         pictures.append(Picture(f"{name} close-up", *_close_up(image, face)))
         pictures.append(Picture(f"{name} mirrored", *_mirrored(image, face)))
+        pictures.append(Picture(f"{name} turned", *_turned(image, face)))
         pictures.append(Picture(f"{name} small in 640x480", *_placed(image, face, 120, (480, 640), (300, 60))))
         pictures.append(Picture(f"{name} in 1280x720", *_placed(image, face, 400, (720, 1280), (200, 700))))
-        pictures.append(Picture(f"{name} in 4K", *_placed(image, face, 1024, (2160, 3840), (568, 1408))))
-        pictures.append(Picture(f"{name} small in 4K", *_placed(image, face, 640, (2160, 3840), (1200, 300))))
-    return pictures + three_quarter_frames(locate_with_landmarks)
+        if "#" not in name:  # 4K pictures are 100 MB each in float: the portraits only
+            pictures.append(Picture(f"{name} in 4K", *_placed(image, face, 1024, (2160, 3840), (568, 1408))))
+            pictures.append(Picture(f"{name} small in 4K", *_placed(image, face, 640, (2160, 3840), (1200, 300))))
+    return pictures
 
 
 def cut_away_pictures(locate: Locate) -> list[Picture]:
@@ -262,6 +265,6 @@ def cut_away_pictures(locate: Locate) -> list[Picture]:
     return pictures
 
 
-def build_face_set(locate: Locate, locate_with_landmarks: Callable[[torch.Tensor], torch.Tensor]) -> list[Picture]:
+def build_face_set(locate: Locate) -> list[Picture]:
     """Every picture of the set: with a face (and its box) and without."""
-    return face_pictures(locate, locate_with_landmarks) + faceless_pictures() + cut_away_pictures(locate)
+    return face_pictures(locate) + faceless_pictures() + cut_away_pictures(locate)

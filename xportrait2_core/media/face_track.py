@@ -191,7 +191,7 @@ def describe_missed(found: torch.Tensor, fps: float) -> str | None:
     if not stretches:
         return None
     missed = int((~found).sum())
-    shown = ", ".join(f"{start:.1f}-{end:.1f} s" for start, end in stretches[:8])
+    shown = ", ".join(f"{start:.2f}-{end:.2f} s" for start, end in stretches[:8])
     more = f" and {len(stretches) - 8} more" if len(stretches) > 8 else ""
     return f"no face in {missed} of {len(found)} frames ({shown}{more}): bridged from the frames around them"
 
