@@ -100,12 +100,12 @@ def test_ctrl_c_leaves_no_file(weights, tmp_path):
     assert leftovers(tmp_path) == []
 
 
-def _flat_video(path: Path, frames: int) -> None:
+def _flat_video(path: Path, frames: int, level: int = 90) -> None:
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=25)
         stream.width, stream.height, stream.pix_fmt = 128, 128, "yuv420p"
         for index in range(frames):
-            frame = av.VideoFrame.from_ndarray(np.full((128, 128, 3), 90, np.uint8), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(np.full((128, 128, 3), level, np.uint8), format="rgb24")
             frame.pts = index
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
@@ -130,17 +130,25 @@ def _bad_inputs(tmp_path: Path, weights: Path) -> dict[str, tuple[list[str], str
     (tmp_path / "corrupt.mp4").write_bytes(data[: len(data) // 3])
     _one_frame_of(media("driving_60f.mp4"), tmp_path / "one_frame.mp4")
     _flat_video(tmp_path / "no_face.mp4", 8)
+    _flat_video(tmp_path / "black.mp4", 8, level=0)  # issue 34: black was "tracked" and animated
+    save_image(torch.zeros(3, 512, 512), tmp_path / "black.png")
+    save_image(torch.rand(3, 512, 512, generator=torch.Generator().manual_seed(0)), tmp_path / "noise.png")
     (tmp_path / "existing.mp4").write_bytes(b"keep me")
     empty_weights = tmp_path / "no_weights"
     empty_weights.mkdir()
     out = str(tmp_path / "out.mp4")
     return {
         "no face in the source": ([str(blank), driving, "-o", out], "no face found"),
+        "a black source": ([str(tmp_path / "black.png"), driving, "-o", out], "no face found in black.png"),
+        "a source of noise": ([str(tmp_path / "noise.png"), driving, "-o", out], "no face found in noise.png"),
         "source is a video": ([driving, driving, "-o", out], "is a video"),
         "empty video": ([photo, str(tmp_path / "empty.mp4"), "-o", out], "empty"),
         "corrupt video": ([photo, str(tmp_path / "corrupt.mp4"), "-o", out], "corrupt.mp4"),
         "1-frame video": ([photo, str(tmp_path / "one_frame.mp4"), "-o", out], "at least 2"),
         "driving video without a face": ([photo, str(tmp_path / "no_face.mp4"), "-o", out], "no face found"),
+        "a black driving video": (
+            [photo, str(tmp_path / "black.mp4"), "-o", out], "no face found in any of the 8 frames of black.mp4"
+        ),
         "output folder missing": ([photo, driving, "-o", str(tmp_path / "nowhere" / "out.mp4")], "does not exist"),
         "output exists": ([photo, driving, "-o", str(tmp_path / "existing.mp4")], "--overwrite"),
         "missing weights": ([photo, driving, "-o", out, "--weights", str(empty_weights)], "not found"),
@@ -158,6 +166,7 @@ def test_bad_input_gives_one_clear_message_and_no_output(weights, tmp_path, caps
         assert code != 0, case
         assert expected in err, f"{case}: {err}"
         assert "Traceback" not in err, case
+        assert len([line for line in err.splitlines() if line.startswith("xportrait2:")]) == 1, f"{case}: one line"
         assert leftovers(tmp_path) == before, case
     assert (tmp_path / "existing.mp4").read_bytes() == b"keep me"
 
