@@ -147,7 +147,7 @@ def _bad_inputs(tmp_path: Path, weights: Path) -> dict[str, tuple[list[str], str
         "1-frame video": ([photo, str(tmp_path / "one_frame.mp4"), "-o", out], "at least 2"),
         "driving video without a face": ([photo, str(tmp_path / "no_face.mp4"), "-o", out], "no face found"),
         "a black driving video": (
-            [photo, str(tmp_path / "black.mp4"), "-o", out], "no face found in any of the 8 frames of black.mp4"
+            [photo, str(tmp_path / "black.mp4"), "-o", out], "no face found in any of the 4 frames of black.mp4"
         ),
         "output folder missing": ([photo, driving, "-o", str(tmp_path / "nowhere" / "out.mp4")], "does not exist"),
         "output exists": ([photo, driving, "-o", str(tmp_path / "existing.mp4")], "--overwrite"),
