@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 from harness import REPO_ROOT, SHARED
 from harness.comfyui_server import ComfyUIServer, find_comfyui
 from harness.media import write_driving_clip
+from harness.multi_face_media import write_frames
 from xportrait2_core.testing import tiny_weights
 
 MEDIA = SHARED / "media"
@@ -49,6 +50,9 @@ DRIVING_CLIP = "driving_10f.mp4"
 ONE_FRAME_CLIP = "driving_1f.mp4"
 SHORT_CLIP = "driving_4f.mp4"  # for the ten-prompt memory test
 NO_FACE_IMAGE = "no_face.png"
+BLACK_IMAGE = "black.png"  # issue 34: black and noise were taken for faces
+NOISE_IMAGE = "noise.png"
+BLACK_CLIP = "black_take.mp4"
 TEST_FRAMES = 10
 TEST_SIZE = 64  # working size of the tests (the official 512 is far too slow on a CPU)
 TEST_STEPS = 2
@@ -133,6 +137,10 @@ def write_inputs(input_dir: Path) -> None:
     for name, frames in ((DRIVING_CLIP, TEST_FRAMES), (ONE_FRAME_CLIP, 1), (SHORT_CLIP, 4)):
         write_driving_clip(input_dir / name, frames, fps=Fraction(25))
     Image.fromarray(np.full((256, 256, 3), 128, dtype=np.uint8)).save(input_dir / NO_FACE_IMAGE)
+    Image.fromarray(np.zeros((512, 512, 3), dtype=np.uint8)).save(input_dir / BLACK_IMAGE)
+    noise = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(input_dir / NOISE_IMAGE)
+    write_frames(input_dir / BLACK_CLIP, [np.zeros((128, 128, 3), np.uint8)] * 8, Fraction(25))
 
 
 def video_frames(path: Path) -> np.ndarray:

@@ -101,12 +101,12 @@ def test_ctrl_c_leaves_no_file(weights, tmp_path):
     assert leftovers(tmp_path) == []
 
 
-def _flat_video(path: Path, frames: int) -> None:
+def _flat_video(path: Path, frames: int, level: int = 90) -> None:
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=25)
         stream.width, stream.height, stream.pix_fmt = 128, 128, "yuv420p"
         for index in range(frames):
-            frame = av.VideoFrame.from_ndarray(np.full((128, 128, 3), 90, np.uint8), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(np.full((128, 128, 3), level, np.uint8), format="rgb24")
             frame.pts = index
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
@@ -131,6 +131,9 @@ def _bad_inputs(tmp_path: Path, weights: Path) -> dict[str, tuple[list[str], str
     (tmp_path / "corrupt.mp4").write_bytes(data[: len(data) // 3])
     _one_frame_of(media("driving_60f.mp4"), tmp_path / "one_frame.mp4")
     _flat_video(tmp_path / "no_face.mp4", 8)
+    _flat_video(tmp_path / "black.mp4", 8, level=0)  # issue 34: black was "tracked" and animated
+    save_image(torch.zeros(3, 512, 512), tmp_path / "black.png")
+    save_image(torch.rand(3, 512, 512, generator=torch.Generator().manual_seed(0)), tmp_path / "noise.png")
     (tmp_path / "existing.mp4").write_bytes(b"keep me")
     empty_weights = tmp_path / "no_weights"
     empty_weights.mkdir()
@@ -139,11 +142,16 @@ def _bad_inputs(tmp_path: Path, weights: Path) -> dict[str, tuple[list[str], str
     out = str(tmp_path / "out.mp4")
     return {
         "no face in the source": ([str(blank), driving, "-o", out], "no face found"),
+        "a black source": ([str(tmp_path / "black.png"), driving, "-o", out], "no face found in black.png"),
+        "a source of noise": ([str(tmp_path / "noise.png"), driving, "-o", out], "no face found in noise.png"),
         "source is a video": ([driving, driving, "-o", out], "is a video"),
         "empty video": ([photo, str(tmp_path / "empty.mp4"), "-o", out], "empty"),
         "corrupt video": ([photo, str(tmp_path / "corrupt.mp4"), "-o", out], "corrupt.mp4"),
         "1-frame video": ([photo, str(tmp_path / "one_frame.mp4"), "-o", out], "at least 2"),
         "driving video without a face": ([photo, str(tmp_path / "no_face.mp4"), "-o", out], "no face found"),
+        "a black driving video": (
+            [photo, str(tmp_path / "black.mp4"), "-o", out], "no face found in any of the 4 frames of black.mp4"
+        ),
         "output folder missing": ([photo, driving, "-o", str(tmp_path / "nowhere" / "out.mp4")], "does not exist"),
         "output exists": ([photo, driving, "-o", str(tmp_path / "existing.mp4")], "--overwrite"),
         "driving video is a folder": ([photo, str(tmp_path / "takes"), "-o", out], f"{tmp_path / 'takes'} is a folder, not a driving video"),
@@ -164,6 +172,7 @@ def test_bad_input_gives_one_clear_message_and_no_output(weights, tmp_path, caps
         assert code != 0, case
         assert expected in err, f"{case}: {err}"
         assert "Traceback" not in err, case
+        assert len([line for line in err.splitlines() if line.startswith("xportrait2:")]) == 1, f"{case}: one line"
         assert leftovers(tmp_path) == before, case
     assert (tmp_path / "existing.mp4").read_bytes() == b"keep me"
 
@@ -261,3 +270,39 @@ def test_sigterm_while_writing_leaves_no_file(weights, tmp_path):
     assert process.returncode == 143, seen + rest
     assert "terminated (SIGTERM)" in rest and "Traceback" not in rest
     assert leftovers(tmp_path) == []
+
+
+def test_a_second_run_with_the_same_output_is_refused_while_the_first_runs(weights, tmp_path, capsys):
+    """Two runs started together with one ``-o``: the first claims the name when it starts, the
+    second is refused at once (with --overwrite too: that replaces a finished video, not one being
+    made); a claim left by a killed run blocks nobody."""
+    out = tmp_path / "shared.mp4"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "xportrait2_core.cli", "animate", str(media("photo_ref.png")),
+         str(media("driving_60f.mp4")), "-o", str(out), "--weights", str(weights), "--size", "128",
+         "--max-frames", "8", "--steps", "30", "--offline"],
+        cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True,
+    )
+    seen = ""
+    deadline = time.monotonic() + 600
+    while "detecting faces" not in seen and time.monotonic() < deadline:  # past the claim, before any file
+        seen += first.stderr.read(1)
+    assert not out.exists()
+    try:
+        for extra in ([], ["--overwrite"]):
+            code = cli(["animate", str(media("cartoon_ref.png")), str(media("driving_60f.mp4")), "-o", str(out),
+                        "--weights", str(weights), "--size", "128", "--max-frames", "4", *FAST, *extra])
+            err = capsys.readouterr().err
+            lines = [line for line in err.splitlines() if line.startswith("xportrait2:")]
+            assert code == 1 and len(lines) == 1, err
+            assert f"{out} is being written by another run (process {first.pid} on" in lines[0], err
+            assert "detecting faces" not in err, "refused before any work"
+    finally:
+        first.send_signal(signal.SIGKILL)  # no clean-up can run: the claim's file stays behind
+        first.communicate(timeout=120)
+    assert not out.exists()
+    from xportrait2_core.finished_files import OutputClaim
+
+    with OutputClaim(out) as claim:  # the dead run's claim is no claim
+        assert claim.path.is_file() and f"process {os.getpid()} on" in claim.path.read_text()
+    assert not claim.path.exists()

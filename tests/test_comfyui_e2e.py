@@ -25,8 +25,11 @@ import pytest
 import torch
 
 from harness.comfyui_pack import (
+    BLACK_CLIP,
+    BLACK_IMAGE,
     DENOISER_FILE,
     NO_FACE_IMAGE,
+    NOISE_IMAGE,
     ONE_FRAME_CLIP,
     SHORT_CLIP,
     TEST_FRAMES,
@@ -297,6 +300,16 @@ BAD_INPUTS = {
     "no face in the source": (
         lambda: with_input(api_workflow(PHOTO_TO_VIDEO), "LoadImage", image=NO_FACE_IMAGE), "no face found"
     ),
+    "a black source": (
+        lambda: with_input(api_workflow(PHOTO_TO_VIDEO), "LoadImage", image=BLACK_IMAGE), "no face found"
+    ),
+    "a source of noise": (
+        lambda: with_input(api_workflow(PHOTO_TO_VIDEO), "LoadImage", image=NOISE_IMAGE), "no face found"
+    ),
+    "a black driving video": (
+        lambda: with_input(api_workflow(PHOTO_TO_VIDEO), "LoadVideo", file=BLACK_CLIP),
+        "no face found in any of the 8 frames",
+    ),
     "one-frame driving video": (
         lambda: with_input(api_workflow(PHOTO_TO_VIDEO), "LoadVideo", file=ONE_FRAME_CLIP), "has 1 frame"
     ),
@@ -324,6 +337,8 @@ def test_bad_input_fails_the_prompt_clearly_and_the_server_goes_on(server):
         history = server.run(make_workflow())
         assert history["status"]["status_str"] == "error", case
         assert expected in error_message(history), case
+        if expected.startswith("no face found"):
+            assert "\n" not in error_message(history).strip(), f"{case}: one line"
         assert server.process.poll() is None, case
     # The next prompt succeeds (a new seed, so it really runs).
     server.run_ok(api_workflow(PHOTO_TO_VIDEO, seed=100))

@@ -11,21 +11,26 @@ import numpy as np
 import pytest
 import torch
 
-from harness.media import media
+from harness.face_set import FACE_SET_VERSION, build_face_set
+from harness.media import media, write_driving_clip
 from xportrait2_core.media.crops import CropBox, FaceBox, frames_to_images
+from xportrait2_core.media.driving_take import DrivingTake, track_take
 from xportrait2_core.media.face_detector import (
     YUNET_FILE_NAME,
     YUNET_URLS,
     FaceDetectorRunner,
     FaceNotFoundError,
     detect_face,
+    detect_faces,
     find_yunet_weights,
+    head_prior_counts,
 )
 from xportrait2_core.media.face_track import (
     FaceTrack,
     box_centres,
     bridge_missing,
     crop_driving_frames,
+    describe_missed,
     gaussian_smooth,
     plan_driving_crops,
     track_face,
@@ -212,6 +217,61 @@ def test_no_face_in_a_flat_image(detector):
         detect_face(torch.full((3, 256, 256), 0.5), detector)
 
 
+@pytest.fixture(scope="module")
+def face_set(detector):
+    """The pictures of harness/face_set.py, boxes from today's detector on the unaltered originals."""
+    return build_face_set(lambda image: detect_face(image, detector))
+
+
+def test_every_face_of_the_face_set_is_found_where_it_is(face_set, detector):
+    missed = []
+    for picture in (p for p in face_set if p.face is not None):
+        faces = [FaceBox(*row[:4].tolist()) for row in detect_faces(picture.image, detector, picture.name)]
+        if not any(intersection_over_union(face, picture.face) >= 0.5 for face in faces):
+            missed.append(f"{picture.name}: {faces} instead of {picture.face}")
+    assert not missed, f"face set v{FACE_SET_VERSION}: " + "; ".join(missed)
+
+
+def test_no_face_is_found_in_the_faceless_pictures(face_set, detector):
+    """Black, flat colours, gradients, noise, text, drawn scenes, portraits without their head:
+    YuNet's coarsest head gave most of them a box over most of the picture (issue 34)."""
+    fooled = []
+    for picture in (p for p in face_set if p.face is None):
+        try:
+            faces = detect_faces(picture.image, detector, picture.name)
+        except FaceNotFoundError as error:
+            assert str(error).startswith(f"no face found in {picture.name}: ")
+            continue
+        fooled.append(f"{picture.name}: {[[round(v, 2) for v in row[:5].tolist()] for row in faces]}")
+    assert not fooled, f"face set v{FACE_SET_VERSION}: " + "; ".join(fooled)
+
+
+def test_the_network_sees_bgr_in_0_to_255(detector, monkeypatch):
+    """What YuNet was trained on (libfacedetection.train: cv2.imread, no mean): kornia 0.9 flips RGB
+    to BGR itself, 0.7 and 0.8 did not; ours flips once whatever the version."""
+    seen = []
+    network = detector.detector.model
+    monkeypatch.setattr(network, "forward", lambda x, forward=network.forward: seen.append(x) or forward(x))
+    image = torch.stack([torch.full((64, 96), 0.1), torch.full((64, 96), 0.5), torch.full((64, 96), 0.9)])
+    detector.detect(image[None])
+    assert seen and torch.allclose(seen[0][0, :, 0, 0], torch.tensor([0.9, 0.5, 0.1]) * 255)
+
+
+@pytest.mark.parametrize("size", [(512, 512), (360, 640), (63, 100), (641, 333)])
+def test_head_prior_counts_add_up_to_kornias_priors(size):
+    priors = kornia_yunet_priors(size)
+    assert sum(head_prior_counts(*size)) == len(priors)
+    coarsest = priors[-head_prior_counts(*size)[-1]:]
+    assert torch.allclose(coarsest[:, 2] * size[1], torch.tensor([128.0, 192.0, 256.0]).repeat(len(coarsest) // 3))
+
+
+def kornia_yunet_priors(size):
+    from kornia.models.yunet.processors import PriorBox
+
+    detector = FaceDetectorRunner.from_weights(media("yunet_final.pth")).detector
+    return PriorBox(detector.min_sizes, detector.steps, detector.clip, image_size=size)()
+
+
 # --- driving video (spec 6.3, improved) ----------------------------------------------------------
 
 
@@ -300,6 +360,19 @@ def test_frames_without_a_face_are_bridged(detector, track_of):
     assert crops.shape == (40, 3, 224, 224)
 
 
+def test_the_log_says_when_a_take_had_no_face(tmp_path, detector, caplog):
+    take_path = write_driving_clip(tmp_path / "gaps.mp4", 30, source=media("driving_230f.mp4"),
+                                   faceless=[*range(5, 15), 25])
+    take = DrivingTake.open(lambda: take_path, "gaps.mp4")
+    with caplog.at_level("INFO", logger="xportrait2_core"):
+        track = track_take(take, detector)
+    assert torch.equal(~track.found, torch.tensor([5 <= i < 15 or i == 25 for i in range(30)]))
+    assert caplog.messages == [
+        "gaps.mp4: no face in 11 of 30 frames (0.20-0.60 s, 1.00-1.04 s): bridged from the frames around them"
+    ]
+    assert describe_missed(torch.ones(30, dtype=torch.bool), 25.0) is None
+
+
 def test_the_followed_face_is_kept_when_another_appears(detector):
     driving = next(iter_frames(media("driving_230f.mp4"), chunk_size=10))
     other = (load_image(media("cartoon_ref.png")) * 255).round().to(torch.uint8).permute(1, 2, 0)
@@ -329,10 +402,11 @@ def test_first_frame_picks_the_most_prominent_face(detector):
     assert box_centres(track.boxes)[0, 0] < 512, "the larger of two sure faces wins"
 
 
-def test_a_video_without_a_face_raises(tmp_path, detector):
+@pytest.mark.parametrize("level", [140, 0])  # a grey wall; black, which was "tracked" before issue 34
+def test_a_video_without_a_face_raises(tmp_path, detector, level):
     path = tmp_path / "wall.mp4"
     with VideoWriter(path, fps=25) as writer:
-        writer.write(torch.full((8, 256, 320, 3), 140, dtype=torch.uint8))
+        writer.write(torch.full((8, 256, 320, 3), level, dtype=torch.uint8))
     with pytest.raises(FaceNotFoundError, match="no face found in any of the 8 frames of the driving video"):
         track_face(iter_frames(path, chunk_size=4), detector)
 

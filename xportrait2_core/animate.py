@@ -19,6 +19,7 @@ import torch
 
 from .compiled_denoiser import compile_denoiser
 from .face_drives import DriveMapping, FaceDrive, assign_drives, drives_from_mapping
+from .finished_files import OutputClaim
 from .kernels.fast import switch_on_fast_kernels
 from .low_vram import LowVramSettings
 from .media.driving_take import DrivingTake, motion_crops, track_take
@@ -80,8 +81,7 @@ def check_request(request: AnimateRequest) -> None:
         raise MediaError(f"{output} is a folder: -o names the video file to write, e.g. {output / 'animation.mp4'}")
     if output.suffix.lower() not in WRITABLE_SUFFIXES:
         raise MediaError(f"{output.name}: the output video must end in one of {', '.join(sorted(WRITABLE_SUFFIXES))}")
-    if output.exists() and not request.overwrite:
-        raise MediaError(f"{output} already exists; pass --overwrite to replace it")
+    refuse_existing_output(output, request.overwrite)
     if not output.parent.is_dir():
         raise MediaError(f"cannot write {output}: folder {output.parent} does not exist")
     if not os.access(output.parent, os.W_OK):
@@ -104,6 +104,11 @@ def check_request(request: AnimateRequest) -> None:
         require_existing_file(request.audio_from, "video")
     pick_device(request.device)
     check_weight_files(request.weights)
+
+
+def refuse_existing_output(output: Path, overwrite: bool) -> None:
+    if output.exists() and not overwrite:
+        raise MediaError(f"{output} already exists; pass --overwrite to replace it")
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -231,8 +236,23 @@ def animate_files(
     window_predictor: Optional[WindowPredictorFactory] = None,
 ) -> Path:
     """Render ``request``; ``models`` (from :func:`load_all_models` of the same weights, device and
-    dtype) skips the loading, ``window_predictor`` runs the sampler's denoiser calls elsewhere."""
+    dtype) skips the loading, ``window_predictor`` runs the sampler's denoiser calls elsewhere.
+
+    The output's name is claimed before anything is loaded and given up when the video is under
+    it or the run failed: a second run started meanwhile with the same output is refused, as it
+    would be once the video exists (``overwrite`` replaces a finished video, never one being made)."""
     check_request(request)
+    with OutputClaim(request.output):
+        refuse_existing_output(request.output, request.overwrite)  # again: another run may have just finished it
+        return _render_claimed(request, progress, models, window_predictor)
+
+
+def _render_claimed(
+    request: AnimateRequest,
+    progress: Optional[ProgressFn],
+    models: Optional[LoadedModels],
+    window_predictor: Optional[WindowPredictorFactory],
+) -> Path:
     image = load_image(request.source, max_pixels=MAX_VIDEO_PIXELS)
     device = pick_device(request.device)
     dtype = request.dtype or default_dtype(device)

@@ -9,6 +9,7 @@ and the ComfyUI nodes both go through here.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Optional
@@ -18,9 +19,19 @@ import torch
 from ..models.motion_encoder import MOTION_BATCH
 from ..progress import ProgressFn, report
 from .face_detector import FaceDetectorRunner
-from .face_track import LARGEST_PERFORMER, DrivingCropPlan, FaceTrack, Performer, crop_driving_frames, track_face
+from .face_track import (
+    LARGEST_PERFORMER,
+    DrivingCropPlan,
+    FaceTrack,
+    Performer,
+    crop_driving_frames,
+    describe_missed,
+    track_face,
+)
 from .images import MediaError
 from .video_reader import VideoInfo, VideoSource, probe_video, stream_frames
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -77,7 +88,11 @@ def track_take(
     """First pass: the followed face (``performer``) in every frame (missed frames stay NaN until
     planning bridges them)."""
     chunks = counted(take.chunks(), "detecting faces", take.expected_frames, progress)
-    return track_face(chunks, detector, take.name, performer)
+    track = track_face(chunks, detector, take.name, performer)
+    missed = describe_missed(track.found, float(take.info.fps))
+    if missed:
+        logger.info("%s: %s", take.name, missed)
+    return track
 
 
 def motion_crops(

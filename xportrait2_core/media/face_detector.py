@@ -21,9 +21,15 @@ YUNET_URLS = (
     "https://github.com/kornia/data/raw/main/yunet_final.pth",
     "https://huggingface.co/kornia/yunet/resolve/main/yunet_final.pth",
 )
-# mediapipe's default minimum confidence in the official code; YuNet also has false positives
-# (clothing, hands) between 0.3 and 0.5.
-DEFAULT_SCORE_THRESHOLD = 0.5
+# Scores YuNet must reach to count as a face, per head (finest to coarsest), measured on the face
+# set of bench/face_threshold.py (issue 34). The coarsest head (stride 64, anchors of 128-256 px at
+# detection size) answers pictures without a face (black, flat colours, gradients, noise, a text
+# page) with a box over most of the picture scoring up to 0.9: it was trained on 320 px crops that
+# always hold a face, where a face that large is an upsampled, smooth one. The official network
+# (libfacedetection.train's ONNX export of these weights) gives the same scores, so it is the
+# network's own answer, not our input or decoding; real faces that large score above 0.99 there.
+DEFAULT_SCORE_THRESHOLD = 0.6
+COARSE_HEAD_SCORE_THRESHOLD = 0.95
 # Detecting on a copy no larger than this is faster and, on large frames, avoids false
 # positives in blurred backgrounds; faces in portraits and driving videos stay far above
 # YuNet's 10 px minimum.
@@ -66,24 +72,66 @@ def find_yunet_weights(explicit: PathLike | None = None, model_dirs: Sequence[Pa
 
 
 _KORNIA_CONSTRUCTION_LOCK = threading.Lock()
+# YuNet's four heads: anchors per cell, and how many times each halves the picture.
+_ANCHORS_PER_CELL = (3, 2, 2, 3)
+_HEAD_STRIDES = (8, 16, 32, 64)
 
 
-def _kornia_detector_around(network: torch.nn.Module, score_threshold: float) -> kornia_faces.FaceDetector:
+def head_prior_counts(height: int, width: int) -> list[int]:
+    """How many of YuNet's outputs (priors) each head gives for a picture of this size, in the
+    network's output order: a stride-2 convolution (rounding up), then halvings rounding down."""
+    counts = []
+    for anchors, stride in zip(_ANCHORS_PER_CELL, _HEAD_STRIDES):
+        cells = [((side + 1) // 2 // 2) // (stride // 4) for side in (height, width)]
+        counts.append(anchors * cells[0] * cells[1])
+    return counts
+
+
+class YuNetFaceDetector(kornia_faces.FaceDetector):
+    """kornia's ``FaceDetector`` with the input YuNet was trained on whatever kornia's version
+    (BGR in [0, 255]: kornia 0.9 flips RGB to BGR itself, 0.7 and 0.8 pass the channels through)
+    and a score threshold per head (finest to coarsest)."""
+
+    head_thresholds: tuple[float, float, float, float]
+
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        return image.flip(-3)  # RGB in, BGR to the network
+
+    def postprocess(self, data: dict[str, torch.Tensor], height: int, width: int) -> list[torch.Tensor]:
+        # A candidate not above its head's threshold gets class score 0, so kornia's own threshold,
+        # top-k and non-maximum suppression never see it; the others keep their scores.
+        scores = (data["conf"][..., 1] * data["iou"][..., 0].clamp(0.0, 1.0)).sqrt()
+        bars = torch.cat([
+            torch.full((count,), bar, dtype=scores.dtype, device=scores.device)
+            for count, bar in zip(head_prior_counts(height, width), self.head_thresholds)
+        ])
+        conf = data["conf"].clone()
+        conf[..., 1] = torch.where(scores <= bars, torch.zeros_like(scores), conf[..., 1])
+        return super().postprocess({**data, "conf": conf}, height, width)
+
+
+def _kornia_detector_around(network: torch.nn.Module, head_thresholds: Sequence[float]) -> YuNetFaceDetector:
     # kornia's FaceDetector always builds its YuNet with pretrained=True, which downloads. For the
     # duration of its constructor the name it builds from returns our locally loaded network.
     with _KORNIA_CONSTRUCTION_LOCK:
         original = kornia_faces.YuNet
         kornia_faces.YuNet = lambda phase, pretrained: network
         try:
-            return kornia_faces.FaceDetector(confidence_threshold=score_threshold)
+            detector = YuNetFaceDetector(confidence_threshold=min(head_thresholds))
         finally:
             kornia_faces.YuNet = original
+    detector.head_thresholds = tuple(head_thresholds)
+    return detector
 
 
 def load_kornia_face_detector(
-    weights: PathLike, score_threshold: float = DEFAULT_SCORE_THRESHOLD
-) -> kornia_faces.FaceDetector:
-    """kornia's YuNet ``FaceDetector`` with weights from a local file (read with ``weights_only=True``)."""
+    weights: PathLike,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    coarse_score_threshold: float = COARSE_HEAD_SCORE_THRESHOLD,
+) -> YuNetFaceDetector:
+    """kornia's YuNet ``FaceDetector`` with weights from a local file (read with ``weights_only=True``):
+    a face must score ``score_threshold`` on the three finer heads, ``coarse_score_threshold`` on the
+    coarsest one."""
     state = read_state_dict(Path(weights))
     network = kornia_faces.YuNet("test", pretrained=False)
     try:
@@ -92,7 +140,7 @@ def load_kornia_face_detector(
         raise CheckpointError(f"{weights}: not the YuNet face-detector weights kornia uses: {error}") from None
     # Built without pretrained weights the network is left in training mode (BatchNorm batch stats).
     network.eval()
-    return _kornia_detector_around(network, score_threshold)
+    return _kornia_detector_around(network, (score_threshold,) * 3 + (coarse_score_threshold,))
 
 
 class FaceDetectorRunner:
@@ -105,7 +153,7 @@ class FaceDetectorRunner:
 
     def __init__(
         self,
-        detector: kornia_faces.FaceDetector,
+        detector: YuNetFaceDetector,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         batch_size: int = 8,
@@ -125,8 +173,10 @@ class FaceDetectorRunner:
         dtype: torch.dtype = torch.float32,
         score_threshold: float = DEFAULT_SCORE_THRESHOLD,
         batch_size: int = 8,
+        coarse_score_threshold: float = COARSE_HEAD_SCORE_THRESHOLD,
     ) -> FaceDetectorRunner:
-        return cls(load_kornia_face_detector(weights, score_threshold), device, dtype, batch_size)
+        detector = load_kornia_face_detector(weights, score_threshold, coarse_score_threshold)
+        return cls(detector, device, dtype, batch_size)
 
     def _detection_size(self, height: int, width: int) -> tuple[int, int]:
         scale = min(1.0, self.long_side / max(height, width))
@@ -151,7 +201,7 @@ class FaceDetectorRunner:
         batch = images.to(device=self.device, dtype=self.dtype)
         if size != (reduced_height, reduced_width):
             batch = kornia_resize(batch, size, interpolation="bilinear", antialias=True)
-        # YuNet was trained on pixel values in [0, 255].
+        # YuNet was trained on pixel values in [0, 255] (YuNetFaceDetector makes them BGR).
         detections = self.detector(batch * 255.0)
         to_image = torch.tensor([width / size[1], height / size[0]] * 2)
         limits = torch.tensor([width, height] * 2, dtype=torch.float32)

@@ -171,6 +171,31 @@ def track_face(
     return FaceTrack(track[:, :4].contiguous(), track[:, 4].contiguous(), frame_size)
 
 
+def missed_stretches(found: torch.Tensor, fps: float) -> list[tuple[float, float]]:
+    """The stretches of a track without its face, as (start, end) in seconds of the video: a
+    stretch of frames i..j covers i / fps to (j + 1) / fps."""
+    stretches: list[tuple[float, float]] = []
+    start = None
+    for index, seen in enumerate([*found.tolist(), True]):
+        if not seen and start is None:
+            start = index
+        elif seen and start is not None:
+            stretches.append((start / fps, index / fps))
+            start = None
+    return stretches
+
+
+def describe_missed(found: torch.Tensor, fps: float) -> str | None:
+    """One line saying when the face was not seen (bridged from the frames around), or None."""
+    stretches = missed_stretches(found, fps)
+    if not stretches:
+        return None
+    missed = int((~found).sum())
+    shown = ", ".join(f"{start:.2f}-{end:.2f} s" for start, end in stretches[:8])
+    more = f" and {len(stretches) - 8} more" if len(stretches) > 8 else ""
+    return f"no face in {missed} of {len(found)} frames ({shown}{more}): bridged from the frames around them"
+
+
 def bridge_missing(values: torch.Tensor) -> torch.Tensor:
     """Fill NaN rows of ``(F, C)`` values by linear interpolation between the nearest rows on
     either side; leading/trailing gaps copy the nearest row. Needs at least one complete row."""
