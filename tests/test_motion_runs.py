@@ -155,3 +155,24 @@ def test_a_join_shows_the_first_take_then_the_second(motions, render, photo_face
     assert len(plain) == 2 * FRAMES - 2
     assert_marks_show_at(region_change(plain, joined("a", "a marked"), photo_face), [FRAMES - 2 + MARKED])
     assert_marks_show_at(region_change(plain, joined("a marked", "a"), photo_face), [MARKED])
+
+
+# ----------------------------------------------------------------------------- batch
+
+
+def test_a_batch_encodes_a_take_once_and_takes_motion_files(takes, motions, weights, tmp_path, caplog):
+    """Two portraits driven by one take, and one by its motion file: the take is tracked and encoded
+    for the first job alone (the log says so), and every video equals the one animate gives."""
+    portraits = {"photo": media("photo_ref.png"), "cartoon": media("cartoon_ref.png")}
+    rows = [("photo", takes["a"]), ("cartoon", takes["a"]), ("cartoon", motions["a"])]
+    manifest = tmp_path / "jobs.csv"
+    manifest.write_text("portrait,driving,output\n" + "".join(
+        f"{portraits[name]},{driving},{tmp_path / f'{index}.mp4'}\n" for index, (name, driving) in enumerate(rows)))
+    with caplog.at_level("INFO", logger="xportrait2_core"):
+        assert cli(["batch", str(manifest), "--weights", str(weights), *FAST]) == 0
+    log = caplog.text
+    assert log.count("a.mp4: motion encoded once for this batch") == 1 and log.count("a.mp4: reusing its motion") == 1, log
+    alone = tmp_path / "alone.mp4"
+    assert cli(["animate", str(portraits["cartoon"]), str(takes["a"]), "-o", str(alone), "--weights", str(weights), *FAST]) == 0
+    assert np.array_equal(video_frames(tmp_path / "1.mp4"), video_frames(alone)), "the reused motion drives as the take does"
+    assert np.array_equal(video_frames(tmp_path / "2.mp4"), video_frames(alone)), "the motion file drives as the take does"

@@ -29,7 +29,7 @@ from .media.images import MAX_VIDEO_PIXELS, MediaError, load_image
 from .media.portrait_faces import LARGEST, PortraitFaces, describe_faces, parse_face_selection, prepare_portrait_faces
 from .media.source_crops import REFERENCE_IMAGE_SIZE, SourcePortrait
 from .media.video_writer import WRITABLE_SUFFIXES, VideoWriter, write_animation
-from .motion.drivers import MotionFileDriver, TakeDriver, open_motion_driver
+from .motion.drivers import EncodedTakes, MotionFileDriver, TakeDriver, motion_of_take, open_motion_driver
 from .motion.file import is_motion_file
 from .pipeline import XPortrait2Pipeline
 from .progress import ProgressFn, progress_of_face
@@ -147,6 +147,8 @@ class LoadedModels:
 
     detector: FaceDetectorRunner
     pipeline: XPortrait2Pipeline
+    # A take that drives several jobs is tracked and encoded once (None: every job encodes it again).
+    encoded_takes: Optional[EncodedTakes] = field(default_factory=EncodedTakes)
 
 
 def load_detector(request: AnimateRequest, device: torch.device) -> FaceDetectorRunner:
@@ -178,22 +180,38 @@ Driver = TakeDriver | MotionFileDriver
 
 
 def plan_drives(
-    drives: list[FaceDrive], request: AnimateRequest, detector: FaceDetectorRunner, progress: Optional[ProgressFn]
+    drives: list[FaceDrive], request: AnimateRequest, detector: FaceDetectorRunner, progress: Optional[ProgressFn],
+    models: Optional[LoadedModels] = None,
 ) -> list[Driver]:
     """What drives each face: every driving video opened once and each of its chosen performers
-    tracked once; a motion file (``.safetensors``) read and checked, its performer chosen."""
+    tracked once; a motion file (``.safetensors``) read and checked, its performer chosen. With
+    ``models`` that remember encoded takes (a batch), a take's performer encoded by an earlier job
+    is reused, and one encoded here is remembered."""
+    encoded = models.encoded_takes if models else None
     takes: dict[Path, DrivingTake] = {}
     plans: dict[tuple[Path, Performer], DrivingCropPlan] = {}
+    reused: dict[tuple[Path, Performer], MotionFileDriver] = {}
     for position, drive in enumerate(drives):
-        if is_motion_file(drive.driving):
+        where = (drive.driving, drive.performer)
+        if is_motion_file(drive.driving) or where in plans or where in reused:
             continue
-        if drive.driving not in takes:
-            takes[drive.driving] = DrivingTake.open(lambda path=drive.driving: path, drive.driving.name, request.max_frames)
-        if (drive.driving, drive.performer) not in plans:
-            face_progress = progress_of_face(progress, position, len(drives))
-            track = track_take(takes[drive.driving], detector, face_progress, drive.performer)
-            plans[drive.driving, drive.performer] = plan_driving_crops(track)
+        key = EncodedTakes.key(drive.driving, drive.performer, request.max_frames) if encoded is not None else None
+        motion = encoded.get(key) if encoded is not None else None
+        face_progress = progress_of_face(progress, position, len(drives))
+        if motion is not None:
+            logger.info("%s: reusing its motion, encoded once for this batch (no tracking or encoding)", drive.driving.name)
+        else:
+            if drive.driving not in takes:
+                takes[drive.driving] = DrivingTake.open(lambda path=drive.driving: path, drive.driving.name, request.max_frames)
+            plans[where] = plan_driving_crops(track_take(takes[drive.driving], detector, face_progress, drive.performer))
+            if key is not None:
+                motion = motion_of_take(models.pipeline.motion_encoder(), takes[drive.driving], [plans[where]], face_progress)
+                encoded.put(key, motion)
+                logger.info("%s: motion encoded once for this batch; later jobs with this take reuse it", drive.driving.name)
+        if motion is not None:
+            reused[where] = MotionFileDriver(motion, 0, drive.driving.name)
     return [
+        reused[d.driving, d.performer] if (d.driving, d.performer) in reused else
         open_motion_driver(d.driving, d.performer, request.max_frames) if is_motion_file(d.driving)
         else TakeDriver(takes[d.driving], plans[d.driving, d.performer])
         for d in drives
@@ -252,7 +270,7 @@ def animate_files(
     dtype = request.dtype or default_dtype(device)
     detector = models.detector if models else load_detector(request, device)
     faces, drives = choose_faces(request, image, detector)
-    drivers = plan_drives(drives, request, detector, progress)
+    drivers = plan_drives(drives, request, detector, progress, models)
     lengths = [driver.frame_count for driver in drivers]
     frames = max(lengths) if request.hold_last_frame else min(lengths)
     pipeline = models.pipeline if models else load_pipeline(request, device, dtype)

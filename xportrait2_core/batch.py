@@ -31,6 +31,7 @@ from .media.images import VIDEO_SUFFIXES, MediaError
 from .media.portrait_faces import parse_face_selection
 from .media.video_reader import probe_video
 from .media.video_writer import remove_partial_files
+from .motion.file import SUFFIX as MOTION_SUFFIX
 from .progress import ProgressFn
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -151,7 +152,7 @@ def jobs_from_folders(portraits: Path, driving: Path, output: Path, pairing: str
     """``pairing`` "all": every portrait with every driving video; "zip": the n-th with the n-th
     (in name order). Outputs are ``OUTPUT/<portrait>__<driving>.mp4``."""
     images = _files_in(portraits, IMAGE_SUFFIXES, "portrait")
-    videos = _files_in(driving, VIDEO_SUFFIXES, "driving video")
+    videos = _files_in(driving, VIDEO_SUFFIXES | {MOTION_SUFFIX}, "driving video or motion")
     if not output.is_dir():
         raise ManifestError(f"output folder {output} does not exist")
     if pairing == "zip":

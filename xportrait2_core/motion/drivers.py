@@ -94,3 +94,27 @@ def motion_of_take(
     performers = tuple(encode_take_features(encoder, take, plan, progress) for plan in plans)
     frames = min(len(features) for features in performers)
     return Motion(tuple(f[:frames] for f in performers), take.info.fps, encoder_fingerprint(encoder), (take.name,))
+
+
+class EncodedTakes:
+    """The motion of takes already tracked and encoded in this process, by take file (its path,
+    modification time and size), performer and ``max_frames``: in a batch, a take that drives many
+    portraits is tracked and encoded once, and every later job reuses its motion (the same
+    features, so the same video)."""
+
+    def __init__(self) -> None:
+        self._motions: dict[tuple, Motion] = {}
+
+    @staticmethod
+    def key(take: Path, performer: Performer, max_frames: Optional[int]) -> Optional[tuple]:
+        if not isinstance(performer, (str, int)):
+            return None  # a box chosen per run is not a reusable choice
+        stat = take.stat()
+        return str(take.resolve()), stat.st_mtime_ns, stat.st_size, performer, max_frames
+
+    def get(self, key: Optional[tuple]) -> Optional[Motion]:
+        return None if key is None else self._motions.get(key)
+
+    def put(self, key: Optional[tuple], motion: Motion) -> None:
+        if key is not None:
+            self._motions[key] = motion
