@@ -32,6 +32,7 @@ from .media.portrait_faces import parse_face_selection
 from .media.video_reader import probe_video
 from .media.video_writer import remove_partial_files
 from .motion.file import SUFFIX as MOTION_SUFFIX
+from .motion.file import is_motion_file, load_motion
 from .progress import ProgressFn
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -209,7 +210,7 @@ def refused_result(job: BatchJob) -> Optional[JobResult]:
             raise MediaError(f"{request.output} is also an input of this job: write the animation to another file")
         if request.output.exists() and not request.overwrite:
             raise MediaError(f"{request.output} exists and is not a video this batch wrote; pass --overwrite to replace it")
-        probe_video(request.driving)
+        load_motion(request.driving) if is_motion_file(request.driving) else probe_video(request.driving)
     except Exception as error:  # as in run_job: the error is the job's result
         return JobResult(job.label, FAILED, str(request.output), None, time.monotonic() - started, one_line(error))
     return None
