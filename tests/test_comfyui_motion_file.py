@@ -133,4 +133,4 @@ def test_a_motion_of_another_encoder_fails_the_prompt_in_one_line(server, encode
     history = server.run(workflow)
     assert history["status"]["status_str"] == "error"
     message = error_message(history)
-    assert "other.motion.safetensors was made by another motion encoder" in message and "\n" not in message, message
+    assert "other.motion.safetensors was made by another motion encoder" in message and "\n" not in message.strip(), message
