@@ -20,7 +20,7 @@ from ..progress import ProgressFn
 from ..render_options import ProgressBars, UsageError, default_weights
 from .drivers import motion_of_take
 from .edits import DEFAULT_CROSSFADE, LOOP_MODES, REPEAT, frame_at, join, loop, retime, trim
-from .file import Motion, check_encoder, is_motion_file, load_motion, parse_fps, save_motion
+from .file import Motion, is_motion_file, load_motion, parse_fps, save_motion
 
 logger = logging.getLogger(__name__)
 
