@@ -7,6 +7,14 @@ from .decode import XPortrait2DecodeToVideo, XPortrait2LoadTemporalVAE, XPortrai
 from .driving_face import XPortrait2DrivingFaceTrack, XPortrait2DrivingVideoTrack
 from .loader import XPortrait2Loader
 from .motion_encode import XPortrait2MotionEncode, XPortrait2MotionEncodeVideo
+from .motion_file import (
+    XPortrait2LoadMotion,
+    XPortrait2MotionJoin,
+    XPortrait2MotionLoop,
+    XPortrait2MotionRetime,
+    XPortrait2MotionTrim,
+    XPortrait2SaveMotion,
+)
 from .motion_latents import XPortrait2MotionLatents
 from .paste_back import XPortrait2PasteBack
 from .reference import XPortrait2ReferenceAppearance
@@ -27,6 +35,12 @@ class XPortrait2Extension(ComfyExtension):
             XPortrait2DrivingVideoTrack,
             XPortrait2MotionEncode,
             XPortrait2MotionEncodeVideo,
+            XPortrait2SaveMotion,
+            XPortrait2LoadMotion,
+            XPortrait2MotionTrim,
+            XPortrait2MotionLoop,
+            XPortrait2MotionRetime,
+            XPortrait2MotionJoin,
             XPortrait2MotionLatents,
             XPortrait2ReferenceAppearance,
             XPortrait2Sampler,

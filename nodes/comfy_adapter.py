@@ -459,3 +459,31 @@ def advertise_blueprint_search_aliases() -> None:
 
     with_our_aliases.adds_xportrait2_aliases = True
     SubgraphManager.get_custom_node_subgraphs = with_our_aliases
+
+
+def motion_save_path(filename_prefix: str) -> Path:
+    """A fresh motion file name in ComfyUI's output folder, numbered as Save Image numbers its
+    files (``<prefix>_00001_.motion.safetensors``, subfolders from the prefix)."""
+    folder, filename, counter, _, _ = folder_paths.get_save_image_path(filename_prefix, folder_paths.get_output_directory())
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return Path(folder) / f"{filename}_{counter:05}_{MOTION_FILE_SUFFIX}"
+
+
+MOTION_FILE_SUFFIX = ".motion.safetensors"
+OUTPUT_ANNOTATION = " [output]"
+
+
+def motion_file_names() -> list[str]:
+    """Motion files for Load Motion's list: those in the input folder, and those saved in the
+    output folder (annotated ``[output]``, as ComfyUI's loaders read them), in subfolders too."""
+    names = []
+    for folder, annotation in ((folder_paths.get_input_directory(), ""), (folder_paths.get_output_directory(), OUTPUT_ANNOTATION)):
+        root = Path(folder)
+        if root.is_dir():
+            names += sorted(str(path.relative_to(root)) + annotation for path in root.rglob(f"*{MOTION_FILE_SUFFIX}") if path.is_file())
+    return names
+
+
+def motion_file_path(name: str) -> Path:
+    """The file a Load Motion list entry names (input folder, or output folder if annotated)."""
+    return Path(folder_paths.get_annotated_filepath(name))

@@ -70,7 +70,11 @@ COMFYUI_NAMES: tuple[ComfyName, ...] = (
     ComfyName("folder_paths:get_filename_list", calls=("folder_name",)),
     ComfyName("folder_paths:get_full_path_or_raise", calls=("folder_name, filename",)),
     ComfyName("folder_paths:get_temp_directory", calls=("",)),
+    # Save Motion / Load Motion: numbered files in the output folder, listed from input and output.
     ComfyName("folder_paths:get_output_directory", calls=("",)),
+    ComfyName("folder_paths:get_input_directory", calls=("",)),
+    ComfyName("folder_paths:get_save_image_path", calls=("filename_prefix, output_dir",)),
+    ComfyName("folder_paths:get_annotated_filepath", calls=("name",)),
     # Devices, dtypes and who holds which network in VRAM.
     ComfyName("comfy.model_management:intermediate_device", calls=("",)),
     ComfyName("comfy.model_management:get_torch_device", calls=("",)),

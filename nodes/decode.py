@@ -13,7 +13,17 @@ from ..xportrait2_core.media.video_reader import iter_frames
 from ..xportrait2_core.media.video_writer import VideoWriter, write_animation
 from ..xportrait2_core.pipeline import DECODE_CHUNK
 from . import comfy_adapter
-from .types import CATEGORY, DrivingVideo, SourceFace, XP2DrivingVideo, XP2Source, blend_input, engine_to_images
+from .types import (
+    CATEGORY,
+    DrivingVideo,
+    MotionFeatures,
+    SourceFace,
+    XP2DrivingVideo,
+    XP2MotionFeatures,
+    XP2Source,
+    blend_input,
+    engine_to_images,
+)
 
 
 def _frames_per_clip_input() -> io.Int.Input:
@@ -79,6 +89,15 @@ class XPortrait2TemporalDecode(io.ComfyNode):
         return io.NodeOutput(engine_to_images(torch.cat(list(_decoded_clips(vae, latent["samples"], frames_per_clip)))))
 
 
+def _rate_and_sound(driving_video: DrivingVideo | None, motion_features: MotionFeatures | None):
+    """The frame rate and the sound of the video: the take's, else the motion's rate, silent."""
+    if driving_video is not None:
+        return driving_video.take.info.fps, driving_video.take.open_source()
+    if motion_features is not None and motion_features.fps is not None:
+        return motion_features.fps, None
+    raise ValueError("connect driving_video (Face Track (driving VIDEO)), or motion_features from Load Motion for its frame rate")
+
+
 class XPortrait2DecodeToVideo(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -96,7 +115,11 @@ class XPortrait2DecodeToVideo(io.ComfyNode):
             inputs=[
                 io.Vae.Input("vae"),
                 io.Latent.Input("latent"),
-                XP2DrivingVideo.Input("driving_video", tooltip="the take the motion came from: frame rate and sound"),
+                XP2DrivingVideo.Input("driving_video", optional=True, tooltip="the take the motion came from: frame rate and sound"),
+                XP2MotionFeatures.Input(
+                    "motion_features", optional=True,
+                    tooltip="instead of driving_video (a motion from Load Motion): its frame rate, and no sound",
+                ),
                 XP2Source.Input(
                     "source_face", optional=True,
                     tooltip="connect to paste the animation back into the full-resolution source portrait",
@@ -117,10 +140,11 @@ class XPortrait2DecodeToVideo(io.ComfyNode):
 
     @classmethod
     def execute(
-        cls, vae, latent: dict, driving_video: DrivingVideo, feather: float, frames_per_clip: int,
-        source_face: SourceFace | None = None, blend: str = "head", video_so_far=None,
+        cls, vae, latent: dict, feather: float, frames_per_clip: int, driving_video: DrivingVideo | None = None,
+        motion_features: MotionFeatures | None = None, source_face: SourceFace | None = None, blend: str = "head",
+        video_so_far=None,
     ) -> io.NodeOutput:
-        take = driving_video.take
+        fps, sound = _rate_and_sound(driving_video, motion_features)
         clips = _decoded_clips(vae, latent["samples"], frames_per_clip)
         if source_face is not None:
             picture = source_face.picture
@@ -133,6 +157,6 @@ class XPortrait2DecodeToVideo(io.ComfyNode):
         elif video_so_far is not None:
             raise ValueError("video_so_far needs source_face: connect the Face Crop (source) of this face")
         path = comfy_adapter.temp_video_path()
-        with VideoWriter(path, take.info.fps, audio_from=take.open_source()) as writer:
+        with VideoWriter(path, fps, audio_from=sound) as writer:
             write_animation(writer, clips)
         return io.NodeOutput(comfy_adapter.video_from_file(path))

@@ -4,6 +4,8 @@ from crops in an IMAGE batch or cut from a driving VIDEO as it streams."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from fractions import Fraction
+from typing import Optional
 
 import torch
 from comfy_api.v0_0_2 import io
@@ -27,20 +29,27 @@ def _source_face_input() -> io.Image.Input:
     return io.Image.Input("source_face", tooltip="the source's face crop (Face Crop (source))")
 
 
-def _encode(xnemo_models, driving_chunks: Iterable[torch.Tensor], source_face: torch.Tensor) -> MotionFeatures:
+def _encode(xnemo_models, driving_chunks: Iterable[torch.Tensor], source_face: torch.Tensor, fps: Optional[Fraction] = None) -> MotionFeatures:
     """Features of every driving chunk (N, 3, S, S) and of the source face crop IMAGE."""
+    source = encode_source_face(xnemo_models, source_face)  # first: a wrong input is refused before the take is read
+    device = comfy_adapter.make_resident(xnemo_models.motion_encoder)
+    encoder = xnemo_models.models.motion_encoder
+    output = comfy_adapter.output_device()
+    # Each chunk's features leave the compute device at once: only (F, 512) is kept for the take.
+    driving = torch.cat([encode_features(encoder, chunk, device=device).to(output) for chunk in driving_chunks])
+    return MotionFeatures(driving, source, fps)
+
+
+def encode_source_face(xnemo_models, source_face: torch.Tensor) -> torch.Tensor:
+    """The source face crop IMAGE's trunk features (1, 512) (the negative of guidance)."""
     if source_face.shape[0] != 1:
         raise ValueError(
             f"source_face must be the one face crop of the source portrait, got {source_face.shape[0]} images "
             "(are driving_faces and source_face swapped?)"
         )
     device = comfy_adapter.make_resident(xnemo_models.motion_encoder)
-    encoder = xnemo_models.models.motion_encoder
-    output = comfy_adapter.output_device()
-    # Each chunk's features leave the compute device at once: only (F, 512) is kept for the take.
-    driving = torch.cat([encode_features(encoder, chunk, device=device).to(output) for chunk in driving_chunks])
-    source = encode_features(encoder, images_to_engine(source_face), device=device)
-    return MotionFeatures(driving, source.to(output))
+    source = encode_features(xnemo_models.models.motion_encoder, images_to_engine(source_face), device=device)
+    return source.to(comfy_adapter.output_device())
 
 
 class XPortrait2MotionEncode(io.ComfyNode):
@@ -92,4 +101,4 @@ class XPortrait2MotionEncodeVideo(io.ComfyNode):
         plan = driving_video.track.plan
         progress = comfy_adapter.StepProgress(plan.frame_count)
         crops = motion_crops(driving_video.take, plan, progress.engine_callback)
-        return io.NodeOutput(_encode(xnemo_models, crops, source_face))
+        return io.NodeOutput(_encode(xnemo_models, crops, source_face, driving_video.take.info.fps))

@@ -7,6 +7,8 @@ CLIP_VISION, SAMPLER, SIGMAS); these custom types carry what has no standard typ
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
+from typing import Optional
 
 import torch
 from comfy_api.v0_0_2 import io
@@ -56,6 +58,7 @@ class DrivingVideo:
 class MotionFeatures:
     driving: torch.Tensor  # (F, 512) motion-encoder trunk features of the driving crops
     source: torch.Tensor  # (1, 512) the same for the source face crop
+    fps: Optional[Fraction] = None  # the take's exact frame rate, where it is known (a VIDEO, a motion file)
 
 
 @dataclass(frozen=True)

@@ -226,13 +226,13 @@ def test_each_face_equals_a_run_of_that_face_alone(composed, detector, weights, 
     )
     image = load_image(composed["portrait"])
     faces, drives = choose_faces(request, image, detector)
-    takes, plans = plan_drives(drives, request, detector, None)
+    drivers = plan_drives(drives, request, detector, None)
     assert [d.performer for d in drives] == [0, 1]
     pipeline = load_pipeline(request, torch.device("cpu"), torch.float32)
-    together = sample_faces(pipeline, faces.portraits, takes, plans, request, 8)
+    together = sample_faces(pipeline, faces.portraits, drivers, request, 8)
     for index in (1, 0):
         alone = prepare_portrait_faces(image, detector, (index,), reference_size=request.size).portraits[0]
-        driving = torch.cat(list(crop_driving_frames(takes[index].chunks(), plans[index])))
+        driving = torch.cat(list(crop_driving_frames(drivers[index].take.chunks(), drivers[index].plan)))
         single = pipeline.sample(alone.reference, alone.face_crop, driving, seed=3, settings=request.settings)
         assert torch.equal(together[index], single), f"face {index}"
     assert not torch.equal(together[0], together[1])

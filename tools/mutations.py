@@ -34,6 +34,13 @@ CLI_PERFORMERS = "tests/test_inputs_show.py::test_performer_i_drives_face_i"
 CLI_LEFT_PERFORMER = "tests/test_inputs_show.py::test_performer_0_is_the_one_on_the_left"
 CLI_SOUND = "tests/test_inputs_show.py::test_the_sound_is_the_first_driving_videos_or_the_named_one"
 CLI_APPEARANCE = "tests/test_inputs_show.py::test_the_portraits_appearance_reaches_the_animation"
+MOTION_TRIM = "tests/test_motion_file.py::test_trim_keeps_the_start_and_drops_the_end"
+MOTION_LOOP = "tests/test_motion_file.py::test_repeat_starts_each_pass_a_crossfade_early_and_blends_the_seam"
+MOTION_RETIME = "tests/test_motion_file.py::test_double_speed_takes_every_other_frame_exactly"
+MOTION_JOIN_UNIT = "tests/test_motion_file.py::test_join_plays_the_first_then_the_second_with_a_crossfade"
+MOTION_EDITS = "tests/test_motion_runs.py::test_an_edit_moves_the_marked_frame_where_it_should"
+MOTION_JOIN = "tests/test_motion_runs.py::test_a_join_shows_the_first_take_then_the_second"
+MOTION_SAME = "tests/test_motion_runs.py::test_a_motion_file_animates_bit_for_bit_like_its_take"
 COMFY_TAKES = "tests/test_comfyui_long_take.py::test_the_driving_take_reaches_its_own_frames"
 COMFY_PATHS_AGREE = "tests/test_comfyui_long_take.py::test_video_path_equals_image_path_for_the_same_seed"
 COMFY_PERFORMERS = "tests/test_comfyui_two_faces.py::test_performer_i_drives_face_i"
@@ -97,8 +104,8 @@ FAULTS = (
     Fault(
         "the sound taken from the wrong video (the last driver's)",
         "xportrait2_core/animate.py",
-        "    audio = request.audio_from or drives[0].driving\n",
-        "    audio = request.audio_from or drives[-1].driving\n",
+        "    first = drives[0].driving\n",
+        "    first = drives[-1].driving\n",
         (CLI_SOUND,),
     ),
     Fault(
@@ -107,6 +114,55 @@ FAULTS = (
         "    banks = models.reference_unet(latents, image_embeds.unsqueeze(1))\n",
         "    banks = models.reference_unet(torch.zeros_like(latents), image_embeds.unsqueeze(1))\n",
         (CLI_APPEARANCE,),
+    ),
+    Fault(
+        "motion trim does nothing",
+        "xportrait2_core/motion/edits.py",
+        "    return frames[start:end].clone()\n",
+        "    return frames.clone()\n",
+        (MOTION_TRIM, MOTION_EDITS),
+    ),
+    Fault(
+        "motion trim one frame late",
+        "xportrait2_core/motion/edits.py",
+        "    return frames[start:end].clone()\n",
+        "    return frames[start + 1 : end + 1].clone() if end < count else frames[start + 1 :].clone()\n",
+        (MOTION_TRIM, MOTION_EDITS),
+    ),
+    Fault(
+        "motion loop repeats without the crossfade overlap (each pass one crossfade late)",
+        "xportrait2_core/motion/edits.py",
+        "        looped = join_frames(looped, frames, crossfade)\n",
+        "        looped = torch.cat([looped, frames])\n",
+        (MOTION_LOOP, MOTION_EDITS),
+    ),
+    Fault(
+        "motion retime ignores the speed (does nothing)",
+        "xportrait2_core/motion/edits.py",
+        "    step = speed * motion.fps / fps\n",
+        "    step = motion.fps / fps\n",
+        (MOTION_RETIME, MOTION_EDITS),
+    ),
+    Fault(
+        "motion retime one source frame late",
+        "xportrait2_core/motion/edits.py",
+        "        position = index * step\n",
+        "        position = min(index * step + 1, last)\n",
+        (MOTION_RETIME, MOTION_EDITS),
+    ),
+    Fault(
+        "motion join drops the second motion's first frame",
+        "xportrait2_core/motion/edits.py",
+        "    return torch.cat([first[:-crossfade], seam, second[crossfade:]])\n",
+        "    return torch.cat([first[:-crossfade], seam, second[crossfade + 1 :]])\n",
+        (MOTION_JOIN_UNIT, MOTION_JOIN),
+    ),
+    Fault(
+        "a motion file keeps its features rounded to bf16",
+        "xportrait2_core/motion/file.py",
+        'tensors = {f"performer.{i}": features.detach().to("cpu", STORED_DTYPE)',
+        'tensors = {f"performer.{i}": features.detach().to("cpu", torch.bfloat16).to(STORED_DTYPE)',
+        ("tests/test_motion_file.py::test_a_motion_reads_back_exactly_with_its_rate_count_encoder_and_version", MOTION_SAME),
     ),
 )
 

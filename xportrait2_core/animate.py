@@ -22,7 +22,8 @@ from .face_drives import DriveMapping, FaceDrive, assign_drives, drives_from_map
 from .finished_files import OutputClaim
 from .kernels.fast import switch_on_fast_kernels
 from .low_vram import LowVramSettings
-from .media.driving_take import DrivingTake, motion_crops, track_take
+from .identity_filtered_motion import tokens_in_batches
+from .media.driving_take import DrivingTake, track_take
 from .media.face_blend import HEAD, FacePaste, composite_faces, face_regions
 from .media.face_detector import FaceDetectorRunner, find_yunet_weights
 from .media.face_track import LARGEST_PERFORMER, DrivingCropPlan, Performer, plan_driving_crops
@@ -30,6 +31,8 @@ from .media.images import MAX_VIDEO_PIXELS, MediaError, load_image, require_exis
 from .media.portrait_faces import LARGEST, PortraitFaces, describe_faces, parse_face_selection, prepare_portrait_faces
 from .media.source_crops import REFERENCE_IMAGE_SIZE, SourcePortrait
 from .media.video_writer import WRITABLE_SUFFIXES, VideoWriter, write_animation
+from .motion.drivers import EncodedTakes, MotionFileDriver, TakeDriver, motion_of_take, open_motion_driver
+from .motion.file import is_motion_file
 from .pipeline import XPortrait2Pipeline
 from .progress import ProgressFn, progress_of_face
 from .sampling import SamplingSettings, WindowPredictorFactory
@@ -155,6 +158,8 @@ class LoadedModels:
 
     detector: FaceDetectorRunner
     pipeline: XPortrait2Pipeline
+    # A take that drives several jobs is tracked and encoded once (None: every job encodes it again).
+    encoded_takes: Optional[EncodedTakes] = field(default_factory=EncodedTakes)
 
 
 def load_detector(request: AnimateRequest, device: torch.device) -> FaceDetectorRunner:
@@ -182,27 +187,52 @@ def choose_faces(request: AnimateRequest, image: torch.Tensor, detector: FaceDet
     return faces, drives
 
 
+Driver = TakeDriver | MotionFileDriver
+
+
 def plan_drives(
-    drives: list[FaceDrive], request: AnimateRequest, detector: FaceDetectorRunner, progress: Optional[ProgressFn]
-) -> tuple[list[DrivingTake], list[DrivingCropPlan]]:
-    """Open every driving video once and track each of its chosen performers once."""
+    drives: list[FaceDrive], request: AnimateRequest, detector: FaceDetectorRunner, progress: Optional[ProgressFn],
+    models: Optional[LoadedModels] = None,
+) -> list[Driver]:
+    """What drives each face: every driving video opened once and each of its chosen performers
+    tracked once; a motion file (``.safetensors``) read and checked, its performer chosen. With
+    ``models`` that remember encoded takes (a batch), a take's performer encoded by an earlier job
+    is reused, and one encoded here is remembered."""
+    encoded = models.encoded_takes if models else None
     takes: dict[Path, DrivingTake] = {}
     plans: dict[tuple[Path, Performer], DrivingCropPlan] = {}
+    reused: dict[tuple[Path, Performer], MotionFileDriver] = {}
     for position, drive in enumerate(drives):
-        if drive.driving not in takes:
-            takes[drive.driving] = DrivingTake.open(lambda path=drive.driving: path, drive.driving.name, request.max_frames)
-        if (drive.driving, drive.performer) not in plans:
-            face_progress = progress_of_face(progress, position, len(drives))
-            track = track_take(takes[drive.driving], detector, face_progress, drive.performer)
-            plans[drive.driving, drive.performer] = plan_driving_crops(track)
-    return [takes[d.driving] for d in drives], [plans[d.driving, d.performer] for d in drives]
+        where = (drive.driving, drive.performer)
+        if is_motion_file(drive.driving) or where in plans or where in reused:
+            continue
+        key = EncodedTakes.key(drive.driving, drive.performer, request.max_frames) if encoded is not None else None
+        motion = encoded.get(key) if encoded is not None else None
+        face_progress = progress_of_face(progress, position, len(drives))
+        if motion is not None:
+            logger.info("%s: reusing its motion, encoded once for this batch (no tracking or encoding)", drive.driving.name)
+        else:
+            if drive.driving not in takes:
+                takes[drive.driving] = DrivingTake.open(lambda path=drive.driving: path, drive.driving.name, request.max_frames)
+            plans[where] = plan_driving_crops(track_take(takes[drive.driving], detector, face_progress, drive.performer))
+            if key is not None:
+                motion = motion_of_take(models.pipeline.motion_encoder(), takes[drive.driving], [plans[where]], face_progress)
+                encoded.put(key, motion)
+                logger.info("%s: motion encoded once for this batch; later jobs with this take reuse it", drive.driving.name)
+        if motion is not None:
+            reused[where] = MotionFileDriver(motion, 0, drive.driving.name)
+    return [
+        reused[d.driving, d.performer] if (d.driving, d.performer) in reused else
+        open_motion_driver(d.driving, d.performer, request.max_frames) if is_motion_file(d.driving)
+        else TakeDriver(takes[d.driving], plans[d.driving, d.performer])
+        for d in drives
+    ]
 
 
 def sample_faces(
     pipeline: XPortrait2Pipeline,
     portraits: Sequence[SourcePortrait],
-    takes: Sequence[DrivingTake],
-    plans: Sequence[DrivingCropPlan],
+    drivers: Sequence[Driver],
     request: AnimateRequest,
     frames: int,
     progress: Optional[ProgressFn] = None,
@@ -212,9 +242,10 @@ def sample_faces(
     work at a time), each exactly what a run of that face alone gives. Every face gets ``frames``
     frames, or all of its driver's with ``hold_last_frame``."""
     all_latents = []
-    for position, (portrait, take, plan) in enumerate(zip(portraits, takes, plans)):
+    for position, (portrait, driver) in enumerate(zip(portraits, drivers)):
         face_progress = progress_of_face(progress, position, len(portraits))
-        tokens = torch.cat([pipeline.encode_motion(crops) for crops in motion_crops(take, plan, face_progress)])
+        encoder = pipeline.motion_encoder()
+        tokens = tokens_in_batches(encoder, driver.features(encoder, face_progress))
         all_latents.append(
             pipeline.sample(
                 portrait.reference,
@@ -227,6 +258,13 @@ def sample_faces(
             )
         )
     return all_latents
+
+
+def sound_source(request: AnimateRequest, drives: Sequence[FaceDrive]) -> Optional[Path]:
+    """The video whose sound the animation gets: the one named, else the first driving video (a
+    motion file has no sound: without a name the animation is silent)."""
+    first = drives[0].driving
+    return request.audio_from or (None if is_motion_file(first) else first)
 
 
 def animate_files(
@@ -258,13 +296,12 @@ def _render_claimed(
     dtype = request.dtype or default_dtype(device)
     detector = models.detector if models else load_detector(request, device)
     faces, drives = choose_faces(request, image, detector)
-    takes, plans = plan_drives(drives, request, detector, progress)
-    lengths = [plan.frame_count for plan in plans]
+    drivers = plan_drives(drives, request, detector, progress, models)
+    lengths = [driver.frame_count for driver in drivers]
     frames = max(lengths) if request.hold_last_frame else min(lengths)
     pipeline = models.pipeline if models else load_pipeline(request, device, dtype)
-    all_latents = sample_faces(pipeline, faces.portraits, takes, plans, request, frames, progress, window_predictor)
-    audio = request.audio_from or drives[0].driving
-    with VideoWriter(request.output, takes[0].info.fps, audio_from=audio) as writer:
+    all_latents = sample_faces(pipeline, faces.portraits, drivers, request, frames, progress, window_predictor)
+    with VideoWriter(request.output, drivers[0].fps, audio_from=sound_source(request, drives)) as writer:
         if not request.paste_back:
             write_animation(writer, pipeline.decode(all_latents[0], progress=progress))
             return request.output

@@ -33,6 +33,8 @@ from .media.images import VIDEO_SUFFIXES, MediaError
 from .media.portrait_faces import parse_face_selection
 from .media.video_reader import probe_video
 from .media.video_writer import remove_partial_files
+from .motion.file import SUFFIX as MOTION_SUFFIX
+from .motion.file import is_motion_file, load_motion
 from .progress import ProgressFn
 from .render_record import made_with, record_path, verdict, write_record
 
@@ -187,7 +189,7 @@ def jobs_from_folders(portraits: Path, driving: Path, output: Path, pairing: str
     """``pairing`` "all": every portrait with every driving video; "zip": the n-th with the n-th
     (in name order). Outputs are ``OUTPUT/<portrait>__<driving>.mp4`` (names from :func:`distinct_names`)."""
     images = _files_in(portraits, IMAGE_SUFFIXES, "portrait")
-    videos = _files_in(driving, VIDEO_SUFFIXES, "driving video")
+    videos = _files_in(driving, VIDEO_SUFFIXES | {MOTION_SUFFIX}, "driving video or motion")
     if not output.is_dir():
         raise ManifestError(f"output folder {output} does not exist")
     if pairing == "zip":
@@ -233,7 +235,7 @@ def plan_job(job: BatchJob) -> JobResult | PlannedJob:
             raise MediaError(f"{output} is also an input of this job: write the animation to another file")
         if output.is_dir():
             raise MediaError(f"{output} is a folder: a job's output is the video file to write")
-        probe_video(request.driving)
+        load_motion(request.driving) if is_motion_file(request.driving) else probe_video(request.driving)
         recipe = made_with(request)
         if request.overwrite or not output.exists():
             return PlannedJob(job, recipe)

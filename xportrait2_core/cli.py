@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 import torch
 
 from .media.images import MediaError
+from .motion.command import add_motion_parser
 from .models.config import ConfigError
 from .progress import Cancelled
 from .render_options import ProgressBars, UsageError, add_render_options, default_weights, request_from_args
@@ -218,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("animate", help="animate a portrait with a driving video")
     p.add_argument("source", help="portrait image (PNG/JPEG/WebP)")
-    p.add_argument("driving", nargs="?", help="driving video (its frame rate and audio are kept)")
+    p.add_argument("driving", nargs="?", help="driving video (its frame rate and audio are kept), or a motion file "
+                   "(xportrait2 motion; its frame rate is kept, the sound comes from --audio-from)")
     p.add_argument("-o", "--output", required=True, help="output .mp4")
     add_render_options(p)
     p.add_argument("--driving", dest="more_driving", action="append", default=[], metavar="VIDEO",
@@ -250,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=faces)
 
     add_batch_parser(commands)
+    add_motion_parser(commands)
 
     p = commands.add_parser("doctor", help="show what is installed and which weights are found where")
     p.add_argument("--weights", default=str(default_weights()), help="weights folder to inspect")

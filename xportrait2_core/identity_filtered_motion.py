@@ -141,3 +141,15 @@ def identity_filtered_tokens(
     driving = tokens_from_features(encoder, driving_features)
     negative = tokens_from_features(encoder, source_features)[0]
     return apply_controls(driving, negative, controls), negative
+
+
+@torch.no_grad()
+def tokens_in_batches(encoder: MotionEncoder, features: torch.Tensor, batch_size: int = MOTION_BATCH) -> torch.Tensor:
+    """Trunk features (N, 512) from anywhere (a take just encoded, a motion file) -> motion tokens
+    (N, 32, 16) on the encoder's device, batch by batch as :func:`encode_tokens` makes them, so
+    that both give the same tokens bit for bit."""
+    weight = next(encoder.parameters())
+    return torch.cat([
+        tokens_from_features(encoder, features[start : start + batch_size].to(weight.device, weight.dtype))
+        for start in range(0, len(features), batch_size)
+    ])

@@ -21,7 +21,7 @@ import torch
 from .context_windows import SeededWindowOffsets
 from .identity_filtered_motion import encode_tokens
 from .low_vram import LowVramSettings, Residency, describe, offloads
-from .models.motion_encoder import MOTION_BATCH
+from .models.motion_encoder import MOTION_BATCH, MotionEncoder
 from .models.operations import LayerFactory
 from .models.reference_attention import ReferenceKeysValues
 from .progress import ProgressFn, report
@@ -82,13 +82,17 @@ class XPortrait2Pipeline:
     def dtype(self) -> torch.dtype:
         return self.models.denoiser.conv_in.weight.dtype
 
+    def motion_encoder(self) -> MotionEncoder:
+        """The motion encoder, on the compute device for the work about to be done with it."""
+        return self.residency.fetch(MOTION_ENCODER, self.models.motion_encoder)
+
     def encode_motion(
         self, faces: torch.Tensor, boxes: Optional[torch.Tensor] = None, batch_size: int = MOTION_BATCH,
         progress: Optional[ProgressFn] = None,
     ) -> torch.Tensor:
         """:func:`~xportrait2_core.identity_filtered_motion.encode_tokens` with this pipeline's
         motion encoder: face crops (N, 3, S, S) in [0, 1] -> motion tokens (N, 32, 16)."""
-        encoder = self.residency.fetch(MOTION_ENCODER, self.models.motion_encoder)
+        encoder = self.motion_encoder()
         return encode_tokens(encoder, faces, boxes, batch_size, progress)
 
     @torch.no_grad()

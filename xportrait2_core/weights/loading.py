@@ -156,3 +156,11 @@ def _load_denoiser(denoiser: DenoisingUNet3D, files: WeightFiles) -> LoadReport:
     sources.append((files.denoiser, read_state_dict(files.denoiser)))
     sources.append((files.temporal, read_state_dict(files.temporal)))
     return load_network(denoiser, "the denoising UNet", sources, allow_partial_sources=True)
+
+
+def load_motion_encoder(folder: Path, device: torch.device | str = "cpu", dtype: Optional[torch.dtype] = None) -> MotionEncoder:
+    """The motion encoder of :func:`load_models` alone (what ``xportrait2 motion`` needs to encode a take)."""
+    files, layers, _ = _prepare(folder, device, dtype, None)
+    encoder = MotionEncoder(files.motion_encoder_config_object(), layers).eval()
+    logger.info("loaded %s", load_network(encoder, "the motion encoder", [(files.motion_encoder, read_state_dict(files.motion_encoder))]).summary())
+    return encoder.requires_grad_(False)
