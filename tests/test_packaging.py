@@ -118,16 +118,21 @@ def third_party_reachable_from(start: list[Path]) -> dict[str, set[str]]:
     return found
 
 
-def test_pyproject_declares_every_third_party_import_of_the_engine():
-    declared = {requirement_name(line) for line in pyproject_dependencies()}
-    used = third_party_reachable_from(sorted((REPO_ROOT / "xportrait2_core").rglob("*.py")))
+def without_opt_in_extras(used: dict[str, set[str]]) -> dict[str, set[str]]:
+    """``used`` less the modules that only an extra's own files import, and only lazily: a plain
+    install runs without them."""
     # Ray is the `farm` extra's, imported (lazily) by farm.py alone; test_farm runs the rest without it.
     farm_extra = {requirement_name(line) for line in pyproject_optional_dependencies()["farm"]}
     used = {m: files for m, files in used.items() if not (distribution_of(m) in farm_extra and files == {FARM_MODULE})}
     # Triton is the `kernels` extra's, imported by the opt-in kernels alone (they fall back without it).
     kernels_extra = {requirement_name(line) for line in pyproject_optional_dependencies()["kernels"]}
-    used = {m: files for m, files in used.items()
+    return {m: files for m, files in used.items()
             if not (distribution_of(m) in kernels_extra and all(f.startswith(KERNELS_PACKAGE) for f in files))}
+
+
+def test_pyproject_declares_every_third_party_import_of_the_engine():
+    declared = {requirement_name(line) for line in pyproject_dependencies()}
+    used = without_opt_in_extras(third_party_reachable_from(sorted((REPO_ROOT / "xportrait2_core").rglob("*.py"))))
     undeclared = {m: sorted(files) for m, files in used.items() if distribution_of(m) not in declared}
     assert not undeclared, f"imported but not in pyproject's dependencies: {undeclared}"
 
@@ -146,7 +151,8 @@ def test_comfyui_requirements_and_ours_cover_what_the_nodes_import(comfyui_path)
     essential = essential_comfyui_requirements(comfyui_path)
     ours = requirement_lines((REPO_ROOT / "requirements.txt").read_text())
     available = {requirement_name(line) for line in essential + ours}
-    used = third_party_reachable_from([REPO_ROOT / "__init__.py", *sorted((REPO_ROOT / "nodes").glob("*.py"))])
+    used = without_opt_in_extras(
+        third_party_reachable_from([REPO_ROOT / "__init__.py", *sorted((REPO_ROOT / "nodes").glob("*.py"))]))
     missing = {
         m: sorted(files) for m, files in used.items() if m not in COMFYUI_MODULES and distribution_of(m) not in available
     }
