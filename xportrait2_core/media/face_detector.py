@@ -87,10 +87,15 @@ def head_prior_counts(height: int, width: int) -> list[int]:
     return counts
 
 
+# kornia 0.9 moved YuNet's prior boxes to kornia.models.yunet and dropped the underscore.
+_YUNET_PRIOR_BOX = getattr(kornia_faces, "PriorBox", None) or kornia_faces._PriorBox
+
+
 class YuNetFaceDetector(kornia_faces.FaceDetector):
     """kornia's ``FaceDetector`` with the input YuNet was trained on whatever kornia's version
-    (BGR in [0, 255]: kornia 0.9 flips RGB to BGR itself, 0.7 and 0.8 pass the channels through)
-    and a score threshold per head (finest to coarsest)."""
+    (BGR in [0, 255]: kornia 0.9 flips RGB to BGR itself, 0.7 and 0.8 pass the channels through),
+    a score threshold per head (finest to coarsest) and tied boxes merged
+    (:func:`suppress_non_maxima_merging_ties`)."""
 
     head_thresholds: tuple[float, float, float, float]
 
@@ -98,16 +103,51 @@ class YuNetFaceDetector(kornia_faces.FaceDetector):
         return image.flip(-3)  # RGB in, BGR to the network
 
     def postprocess(self, data: dict[str, torch.Tensor], height: int, width: int) -> list[torch.Tensor]:
-        # A candidate not above its head's threshold gets class score 0, so kornia's own threshold,
-        # top-k and non-maximum suppression never see it; the others keep their scores.
-        scores = (data["conf"][..., 1] * data["iou"][..., 0].clamp(0.0, 1.0)).sqrt()
+        loc, conf, iou = data["loc"], data["conf"], data["iou"]
+        priors = _YUNET_PRIOR_BOX(self.min_sizes, self.steps, self.clip, image_size=(height, width))
+        priors = priors.to(loc.device, loc.dtype)()
+        to_pixels = torch.tensor([width, height] * 7, device=loc.device, dtype=loc.dtype)
+        scores = (conf[..., 1] * iou[..., 0].clamp(0.0, 1.0)).sqrt()
         bars = torch.cat([
             torch.full((count,), bar, dtype=scores.dtype, device=scores.device)
             for count, bar in zip(head_prior_counts(height, width), self.head_thresholds)
         ])
-        conf = data["conf"].clone()
-        conf[..., 1] = torch.where(scores <= bars, torch.zeros_like(scores), conf[..., 1])
-        return super().postprocess({**data, "conf": conf}, height, width)
+        detections = []
+        for image_loc, image_scores in zip(loc, scores):
+            candidates = (image_scores > bars).nonzero()[:, 0]
+            rows = kornia_faces._decode(image_loc[candidates], priors[candidates], self.variance) * to_pixels
+            kept = suppress_non_maxima_merging_ties(rows, image_scores[candidates], self.nms_threshold, self.top_k)
+            detections.append(kept[: self.keep_top_k])
+        return detections
+
+
+def suppress_non_maxima_merging_ties(
+    rows: torch.Tensor, scores: torch.Tensor, iou_threshold: float, top_k: int
+) -> torch.Tensor:
+    """Greedy non-maximum suppression of ``(N, 14)`` rows (box corners, then five landmarks) over
+    the ``top_k`` best: ``(k, 15)`` rows with the score appended, best first.
+
+    YuNet's scores saturate: a clearly visible face gets a dozen overlapping boxes scoring exactly
+    1.0, and an unstable sort (kornia's, before its NMS) kept whichever came first, so the box
+    jumped between them from frame to frame and with any change to the other candidates. Here a
+    kept box is the mean of the boxes of its own score that it suppresses, whatever their order."""
+    order = scores.argsort(descending=True, stable=True)[:top_k]
+    rows, scores = rows[order], scores[order]
+    areas = (rows[:, 2] - rows[:, 0]) * (rows[:, 3] - rows[:, 1])
+    alive = torch.ones(len(rows), dtype=torch.bool, device=rows.device)
+    kept = []
+    for best in range(len(rows)):
+        if not alive[best]:
+            continue
+        top_left = torch.maximum(rows[best, :2], rows[:, :2])
+        bottom_right = torch.minimum(rows[best, 2:4], rows[:, 2:4])
+        overlap = (bottom_right - top_left).clamp(min=0).prod(dim=1)
+        suppressed = alive & (overlap / (areas[best] + areas - overlap) > iou_threshold)
+        suppressed[best] = True
+        tied = suppressed & (scores == scores[best])
+        kept.append(torch.cat([rows[tied].mean(dim=0), scores[best : best + 1]]))
+        alive &= ~suppressed
+    return torch.stack(kept) if kept else rows.new_zeros((0, 15))
 
 
 def _kornia_detector_around(network: torch.nn.Module, head_thresholds: Sequence[float]) -> YuNetFaceDetector:
