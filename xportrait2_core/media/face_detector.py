@@ -94,8 +94,8 @@ _YUNET_PRIOR_BOX = getattr(kornia_faces, "PriorBox", None) or kornia_faces._Prio
 class YuNetFaceDetector(kornia_faces.FaceDetector):
     """kornia's ``FaceDetector`` with the input YuNet was trained on whatever kornia's version
     (BGR in [0, 255]: kornia 0.9 flips RGB to BGR itself, 0.7 and 0.8 pass the channels through),
-    a score threshold per head (finest to coarsest) and tied boxes merged
-    (:func:`suppress_non_maxima_merging_ties`)."""
+    a score threshold per head (finest to coarsest) and tied scores kept in a fixed order
+    (:func:`suppress_non_maxima`)."""
 
     head_thresholds: tuple[float, float, float, float]
 
@@ -116,21 +116,19 @@ class YuNetFaceDetector(kornia_faces.FaceDetector):
         for image_loc, image_scores in zip(loc, scores):
             candidates = (image_scores > bars).nonzero()[:, 0]
             rows = kornia_faces._decode(image_loc[candidates], priors[candidates], self.variance) * to_pixels
-            kept = suppress_non_maxima_merging_ties(rows, image_scores[candidates], self.nms_threshold, self.top_k)
+            kept = suppress_non_maxima(rows, image_scores[candidates], self.nms_threshold, self.top_k)
             detections.append(kept[: self.keep_top_k])
         return detections
 
 
-def suppress_non_maxima_merging_ties(
-    rows: torch.Tensor, scores: torch.Tensor, iou_threshold: float, top_k: int
-) -> torch.Tensor:
+def suppress_non_maxima(rows: torch.Tensor, scores: torch.Tensor, iou_threshold: float, top_k: int) -> torch.Tensor:
     """Greedy non-maximum suppression of ``(N, 14)`` rows (box corners, then five landmarks) over
     the ``top_k`` best: ``(k, 15)`` rows with the score appended, best first.
 
     YuNet's scores saturate: a clearly visible face gets a dozen overlapping boxes scoring exactly
-    1.0, and an unstable sort (kornia's, before its NMS) kept whichever came first, so the box
-    jumped between them from frame to frame and with any change to the other candidates. Here a
-    kept box is the mean of the boxes of its own score that it suppresses, whatever their order."""
+    1.0. An unstable sort (kornia's, before its suppression) puts any of them first, and which one
+    changes with the other candidates and with the sort's implementation; here tied boxes keep
+    their prior order, so the kept box depends on nothing but the picture."""
     order = scores.argsort(descending=True, stable=True)[:top_k]
     rows, scores = rows[order], scores[order]
     areas = (rows[:, 2] - rows[:, 0]) * (rows[:, 3] - rows[:, 1])
@@ -142,12 +140,9 @@ def suppress_non_maxima_merging_ties(
         top_left = torch.maximum(rows[best, :2], rows[:, :2])
         bottom_right = torch.minimum(rows[best, 2:4], rows[:, 2:4])
         overlap = (bottom_right - top_left).clamp(min=0).prod(dim=1)
-        suppressed = alive & (overlap / (areas[best] + areas - overlap) > iou_threshold)
-        suppressed[best] = True
-        tied = suppressed & (scores == scores[best])
-        kept.append(torch.cat([rows[tied].mean(dim=0), scores[best : best + 1]]))
-        alive &= ~suppressed
-    return torch.stack(kept) if kept else rows.new_zeros((0, 15))
+        alive &= overlap / (areas[best] + areas - overlap) <= iou_threshold
+        kept.append(best)
+    return torch.cat([rows[kept], scores[kept, None]], dim=1)
 
 
 def _kornia_detector_around(network: torch.nn.Module, head_thresholds: Sequence[float]) -> YuNetFaceDetector:
