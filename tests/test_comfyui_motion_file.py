@@ -1,8 +1,9 @@
 """Save Motion and Load Motion inside a real ComfyUI, on both of its paths: a motion saved from
 Motion Encode and loaded again gives the very latents and frames of the Motion Encode run, on the
 VIDEO path (Decode to VIDEO taking the file's frame rate, no take in the graph) and on the IMAGE
-path; a motion edit (trim) shows in the animation frame for frame; a file of another encoder fails
-the prompt with one clear line and the server goes on."""
+path; a file the command line made drives the graph alike (to float rounding); a motion edit (trim) shows in the
+animation frame for frame; a file of another encoder fails the prompt with one clear line and the
+server goes on."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from harness.comfyui_pack import TEST_FRAMES, PackServer, api_workflow, error_message, nodes_of_type, video_frames, write_inputs
 from harness.media import write_driving_clip
@@ -97,6 +99,27 @@ def test_a_saved_motion_drives_the_video_path_bit_for_bit(server, encoded):
     loaded = server.run_ok(_without_the_take(_loading(workflow, "XPortrait2MotionEncodeVideo", motion)))
     assert server.saved_latent(loaded, "900").equal(server.saved_latent(first, "900"))
     assert np.array_equal(_video(server, loaded), _video(server, first))
+
+
+def test_a_motion_file_made_at_the_command_line_drives_comfyui_like_the_take(server, encoded, xp2_models):
+    """``xportrait2 motion`` on the take the graph loads, written into ComfyUI's input folder: Load
+    Motion takes it, and its tokens and the graph's latents are those of the graph's own Motion
+    Encode run to float rounding (ComfyUI runs the encoder on its own layer operations, which sum
+    in another order; within one front end a motion file is exact, tested above and in
+    test_motion_runs.py)."""
+    from xportrait2_core.cli import main as cli
+
+    workflow, first, saved = encoded
+    take = server.workdir / "input" / workflow[_node(workflow, "LoadVideo")]["inputs"]["file"]
+    written = server.workdir / "input" / "takes" / "cli.motion.safetensors"
+    written.parent.mkdir(exist_ok=True)
+    assert cli(["motion", str(take), "-o", str(written), "--weights", str(xp2_models["xportrait2"]), "--device", "cpu"]) == 0
+    ours, comfyui = (load_file(str(path)) for path in (written, server.workdir / "output" / saved.removesuffix(" [output]")))
+    assert ours.keys() == comfyui.keys() == {"performer.0"}
+    assert (ours["performer.0"] - comfyui["performer.0"]).abs().max() < 1e-5
+    loaded = server.run_ok(_without_the_take(_loading(workflow, "XPortrait2MotionEncodeVideo", "takes/cli.motion.safetensors")))
+    latents, expected = server.saved_latent(loaded, "900"), server.saved_latent(first, "900")
+    assert (latents - expected).norm() < 1e-5 * expected.norm()  # 1.4e-6 seen; the MP4's encoder may round either way
 
 
 def test_a_saved_motion_drives_the_image_path_bit_for_bit(server):

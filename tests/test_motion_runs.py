@@ -23,6 +23,7 @@ from xportrait2_core.animate import AnimateRequest, animate_files, load_all_mode
 from xportrait2_core.cli import main as cli
 from xportrait2_core.media.face_detector import FaceDetectorRunner, detect_face
 from xportrait2_core.media.images import load_image
+from xportrait2_core.media.video_reader import probe_video
 from xportrait2_core.motion.file import load_motion
 from xportrait2_core.sampling import SamplingSettings
 
@@ -105,6 +106,7 @@ def render(weights, tmp_path_factory):
     def run(motion: Path) -> np.ndarray:
         out = folder / f"{len(list(folder.iterdir()))}.mp4"
         animate_files(AnimateRequest(**{**base.__dict__, "driving": motion, "output": out}), models=models)
+        run.last_output = out
         return video_frames(out)
 
     return run
@@ -142,6 +144,17 @@ def test_trim_times_are_seconds_or_frames_at_the_exact_rate(motions, tmp_path):
     loaded = [load_motion(path) for path in (in_seconds, in_frames, motions["a"])]
     assert torch.equal(loaded[0].performers[0], loaded[1].performers[0])
     assert torch.equal(loaded[0].performers[0], loaded[2].performers[0][2:11])
+
+
+def test_a_retimed_motion_plays_at_its_new_rate_for_the_same_time(motions, render, photo_face, tmp_path):
+    """``--retime 12.5``, half the take's 25 fps: the animation is written at exactly 25/2 fps, lasts
+    as long (6 frames), and shows the take's every other frame: the mark of frame 6 at 3."""
+    plain, marked = edited_pair(motions, tmp_path, "--retime", "12.5")
+    assert load_motion(plain).fps == Fraction(25, 2)
+    change = region_change(render(plain), render(marked), photo_face)
+    info = probe_video(render.last_output)
+    assert (info.frame_count, info.fps) == (FRAMES // 2, Fraction(25, 2))
+    assert_marks_show_at(change, [MARKED // 2])
 
 
 def test_a_join_shows_the_first_take_then_the_second(motions, render, photo_face, tmp_path):

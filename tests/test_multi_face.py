@@ -22,6 +22,7 @@ from xportrait2_core.media.face_track import crop_driving_frames, track_face
 from xportrait2_core.media.images import load_image
 from xportrait2_core.media.portrait_faces import FaceSelectionError, parse_face_selection, prepare_portrait_faces
 from xportrait2_core.media.video_reader import iter_frames, probe_video
+from xportrait2_core.motion.file import load_motion
 from xportrait2_core.sampling import SamplingSettings
 
 FAST = ["--steps", "2", "--offline", "--size", "64"]
@@ -246,7 +247,7 @@ def changed(frames: torch.Tensor, picture: torch.Tensor) -> torch.Tensor:
     return (frames.float() / 255 - picture.permute(1, 2, 0)).abs().mean(dim=(0, 3))
 
 
-def test_cli_animates_both_faces_with_their_own_performers(composed, weights, detector, tmp_path, capsys, caplog):
+def test_cli_animates_both_faces_with_their_own_performers_from_the_take_or_its_motion_file(composed, weights, detector, tmp_path, capsys, caplog):
     out = tmp_path / "two.mp4"
     caplog.set_level("INFO", logger="xportrait2_core")
     assert cli(["animate", str(composed["portrait"]), str(composed["take"]), "-o", str(out), "--weights", str(weights),
@@ -268,6 +269,14 @@ def test_cli_animates_both_faces_with_their_own_performers(composed, weights, de
         outside[window.top : window.bottom, window.left : window.right] &= weights_[0] == 0
     assert outside.float().mean() > 0.3
     assert change[outside].mean() < 0.01, "outside both masks the picture stays (up to the video codec)"
+    # The take's two performers saved in one motion file, in face order, drive the faces alike.
+    motion = tmp_path / "two.motion.safetensors"
+    assert cli(["motion", str(composed["take"]), "-o", str(motion), "--weights", str(weights), "--performer", "0,1"]) == 0
+    assert len(load_motion(motion).performers) == 2
+    from_file = tmp_path / "two_from_file.mp4"
+    assert cli(["animate", str(composed["portrait"]), str(motion), "-o", str(from_file), "--weights", str(weights),
+                "--faces", "all", "--performer", "each", *FAST]) == 0
+    assert torch.equal(torch.stack(list(iter_frames(from_file))), frames)
 
 
 def test_cli_drive_mapping_shortest_driver_and_named_audio(composed, weights, tmp_path):
