@@ -50,6 +50,8 @@ FAST = ["--steps", "2", "--size", "64", "--guidance", "1", "--context-frames", "
 CLIP_FRAMES = 3
 LOOPBACK_ADDRESSES = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 
+pytestmark = pytest.mark.farm
+
 
 @pytest.fixture(scope="module", autouse=True)
 def home_with_a_stale_ray_token(tmp_path_factory):
