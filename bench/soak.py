@@ -74,6 +74,10 @@ def main() -> int:
             undecodable = [r.index for r in records if decoded_frame_count(r.output) != 4]
             print(f"outputs with a wrong frame count or not decoding: {undecodable or 'none'}")
 
+            # A cancel follows a reference prompt (on SHORT_CLIP), the first one too: the soak may end
+            # on the other take, whose tracking ComfyUI would then take from its cache, and a cancel
+            # planned during tracking would wait for a tracker that never runs.
+            server.run_ok(long_take(PHOTO, SHORT_CLIP, seed=7))
             print(f"\n{'cancel':>6} {'stage':>9} {'tick':>4} {'calls after':>11} {'later ticks':>11} {'s to stop':>9}  next prompt = fresh server's file")
             for index, (stage, tick) in enumerate(cancel_plan(args.cancels)):
                 started = time.monotonic()
