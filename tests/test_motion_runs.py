@@ -93,6 +93,19 @@ def test_a_bad_motion_file_is_one_line_and_writes_nothing(motions, weights, tmp_
         assert "Traceback" not in "\n".join(error) and not out.exists(), case
 
 
+def test_a_motion_target_that_cannot_be_written_is_one_line_before_any_work(takes, weights, tmp_path, capsys):
+    (tmp_path / "takes.motion.safetensors").mkdir()
+    cases = {
+        "missing folder": (tmp_path / "nowhere" / "a.motion.safetensors", f"folder {tmp_path / 'nowhere'} does not exist"),
+        "a folder": (tmp_path / "takes.motion.safetensors", "is a folder: -o names the motion file to write"),
+    }
+    for case, (target, message) in cases.items():
+        code = cli(["motion", str(takes["a"]), "-o", str(target), "--weights", str(weights), "--overwrite"])
+        error = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(error) == 1 and error[0].startswith("xportrait2: ") and message in error[0], (case, error)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["takes.motion.safetensors"]
+
+
 # ----------------------------------------------------------------------------- edits seen in the output
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..face_drives import parse_performer
+from ..finished_files import why_unwritable
 from ..media.driving_take import DrivingTake, track_take
 from ..media.face_track import LARGEST_PERFORMER, plan_driving_crops
 from ..progress import ProgressFn
@@ -112,10 +113,18 @@ def run_motion(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if not is_motion_file(output):
         raise UsageError(f"{output.name}: a motion file ends in .safetensors (e.g. take.motion.safetensors)")
+    if output.is_dir():
+        raise UsageError(f"{output} is a folder: -o names the motion file to write, e.g. {output / 'take.motion.safetensors'}")
     if output.exists() and not args.overwrite:
         raise UsageError(f"{output} already exists; pass --overwrite to replace it")
     if Path(args.take).resolve() == output.resolve():
         raise UsageError(f"{output} is also the input: write the motion to another file")
+    # Found now, not once the take has been tracked and encoded.
+    if not output.parent.is_dir():
+        raise UsageError(f"cannot write {output}: folder {output.parent} does not exist")
+    reason = why_unwritable(output.parent)
+    if reason is not None:
+        raise UsageError(f"cannot write {output}: {reason} (folder {output.parent})")
     bars = ProgressBars()
     try:
         motion = edited(_open_input(args, bars), args)
