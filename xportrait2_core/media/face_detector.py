@@ -152,7 +152,7 @@ def _kornia_detector_around(network: torch.nn.Module, head_thresholds: Sequence[
         original = kornia_faces.YuNet
         kornia_faces.YuNet = lambda phase, pretrained: network
         try:
-            detector = YuNetFaceDetector(confidence_threshold=min(head_thresholds))
+            detector = YuNetFaceDetector()  # its postprocess applies the per-head thresholds
         finally:
             kornia_faces.YuNet = original
     detector.head_thresholds = tuple(head_thresholds)
