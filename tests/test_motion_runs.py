@@ -95,14 +95,14 @@ def test_a_bad_motion_file_is_one_line_and_writes_nothing(motions, weights, tmp_
 
 def test_a_motion_target_that_cannot_be_written_is_one_line_before_any_work(takes, weights, tmp_path, capsys):
     (tmp_path / "takes.motion.safetensors").mkdir()
-    cases = {
-        "missing folder": (tmp_path / "nowhere" / "a.motion.safetensors", f"folder {tmp_path / 'nowhere'} does not exist"),
-        "a folder": (tmp_path / "takes.motion.safetensors", "is a folder: -o names the motion file to write"),
+    cases = {  # exit status 1 as animate's for the same folder, 2 for a misused -o
+        "missing folder": (tmp_path / "nowhere" / "a.motion.safetensors", f"folder {tmp_path / 'nowhere'} does not exist", 1),
+        "a folder": (tmp_path / "takes.motion.safetensors", "is a folder: -o names the motion file to write", 2),
     }
-    for case, (target, message) in cases.items():
+    for case, (target, message, status) in cases.items():
         code = cli(["motion", str(takes["a"]), "-o", str(target), "--weights", str(weights), "--overwrite"])
         error = capsys.readouterr().err.strip().splitlines()
-        assert code == 2 and len(error) == 1 and error[0].startswith("xportrait2: ") and message in error[0], (case, error)
+        assert code == status and len(error) == 1 and error[0].startswith("xportrait2: ") and message in error[0], (case, error)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["takes.motion.safetensors"]
 
 

@@ -9,7 +9,6 @@ chunk. The output file appears only when it is complete.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 
 from .compiled_denoiser import compile_denoiser
 from .face_drives import DriveMapping, FaceDrive, assign_drives, drives_from_mapping
-from .finished_files import OutputClaim
+from .finished_files import OutputClaim, check_output_folder
 from .kernels.fast import switch_on_fast_kernels
 from .low_vram import LowVramSettings
 from .identity_filtered_motion import tokens_in_batches
@@ -85,10 +84,7 @@ def check_request(request: AnimateRequest) -> None:
     if output.suffix.lower() not in WRITABLE_SUFFIXES:
         raise MediaError(f"{output.name}: the output video must end in one of {', '.join(sorted(WRITABLE_SUFFIXES))}")
     refuse_existing_output(output, request.overwrite)
-    if not output.parent.is_dir():
-        raise MediaError(f"cannot write {output}: folder {output.parent} does not exist")
-    if not os.access(output.parent, os.W_OK):
-        raise MediaError(f"cannot write {output}: folder {output.parent} is read-only")
+    check_output_folder(output)
     inputs = [request.source, *request.driving_videos, *[item.driving for item in request.drive_mapping]]
     inputs += [request.audio_from] if request.audio_from else []
     if any(same_file(output, given) for given in inputs):

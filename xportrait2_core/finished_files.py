@@ -127,6 +127,14 @@ def write_text_atomically(target: Path, text: str) -> None:
         raise
 
 
+def check_output_folder(output: Path) -> None:
+    """Refuse, before any work, an output whose folder is missing or read-only."""
+    if not output.parent.is_dir():
+        raise MediaError(f"cannot write {output}: folder {output.parent} does not exist")
+    if not os.access(output.parent, os.W_OK):
+        raise MediaError(f"cannot write {output}: folder {output.parent} is read-only")
+
+
 def why_unwritable(folder: Path) -> str | None:
     """Why no file can be written into ``folder`` (read-only, no permission, full disk), found by
     writing one byte to a hidden file that is removed again; None when it can be."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..face_drives import parse_performer
-from ..finished_files import why_unwritable
+from ..finished_files import check_output_folder
 from ..media.driving_take import DrivingTake, track_take
 from ..media.face_track import LARGEST_PERFORMER, plan_driving_crops
 from ..progress import ProgressFn
@@ -119,12 +119,7 @@ def run_motion(args: argparse.Namespace) -> int:
         raise UsageError(f"{output} already exists; pass --overwrite to replace it")
     if Path(args.take).resolve() == output.resolve():
         raise UsageError(f"{output} is also the input: write the motion to another file")
-    # Found now, not once the take has been tracked and encoded.
-    if not output.parent.is_dir():
-        raise UsageError(f"cannot write {output}: folder {output.parent} does not exist")
-    reason = why_unwritable(output.parent)
-    if reason is not None:
-        raise UsageError(f"cannot write {output}: {reason} (folder {output.parent})")
+    check_output_folder(output)  # found now, not once the take has been tracked and encoded
     bars = ProgressBars()
     try:
         motion = edited(_open_input(args, bars), args)
